@@ -1,0 +1,48 @@
+# Everything runs inside .venv, built from python3 with the versions pinned in constraints.txt.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install proto check-proto lint test test-slow demo bundle-checkpoints clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml client/pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e ./client -e '.[dev]'
+	touch $@
+
+# Regenerate the Python stubs in client/metarl_client/proto from proto/ (grpcio-tools is pinned).
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
+# Fails when the committed stubs differ from what `make proto` generates.
+check-proto: proto
+	@git diff --exit-code --stat -- client/metarl_client/proto \
+	  && test -z "$$(git status --porcelain -- client/metarl_client/proto)" \
+	  || (echo "generated stubs are stale: run 'make proto' and commit the result" >&2; exit 1)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
+
+demo: $(STAMP)
+	$(BIN)/metarl demo
+
+# Retrains the checkpoints shipped in metarl/data/checkpoints (the README records these commands).
+bundle-checkpoints: $(STAMP)
+	$(BIN)/metarl train --env metarl/CartPoleFamily-v0 --iterations 300 --seed 1 \
+	  --out metarl/data/checkpoints/cartpole-family/1 --name cartpole-family --version 1 \
+	  --metrics-csv runs/cartpole-family-1.metrics.csv
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

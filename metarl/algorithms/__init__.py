@@ -1,0 +1,1 @@
+"""Meta-learning algorithms (outer loops) built on :mod:`metarl.inner_loop`."""

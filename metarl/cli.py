@@ -1,0 +1,38 @@
+"""The ``metarl`` command: ``train``, ``serve``, ``demo``."""
+
+from __future__ import annotations
+
+import sys
+
+import tyro
+
+from metarl.demo import DemoConfig
+from metarl.train import TrainConfig
+
+
+def main(argv: list[str] | None = None) -> None:
+    from metarl_server.app import ServeConfig
+
+    cfg = tyro.extras.subcommand_cli_from_dict(
+        {"train": TrainConfig, "serve": ServeConfig, "demo": DemoConfig},
+        args=sys.argv[1:] if argv is None else argv,
+        prog="metarl",
+        description="Meta-train, serve and try adaptable RL policies.",
+    )
+    if isinstance(cfg, TrainConfig):
+        from metarl.train import train
+
+        ckpt = train(cfg)
+        print(f"wrote checkpoint {cfg.out} (policy {ckpt.name} version {ckpt.version})")
+    elif isinstance(cfg, ServeConfig):
+        from metarl_server.app import serve
+
+        serve(cfg)
+    else:
+        from metarl.demo import run_demo
+
+        run_demo(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""The inner loop: theta' = theta - alpha * grad L_task(theta), shared by trainer and server.
+
+Everything that turns a task's episodes into adapted parameters lives here, so meta-training and
+serving cannot disagree (train/serve parity): :func:`adapt_on_episodes` is the one entry point;
+the trainer calls it with ``create_graph=True`` to differentiate the outer loss through the
+adapted parameters, the server with the defaults.
+
+Shapes: ``K`` tasks (or sessions), ``E`` episodes each, ``H`` steps (episodes are right-padded to
+the longest one and ``mask`` marks the real steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from metarl import policies
+from metarl.policies import Params, PolicySpec
+
+# Time is scaled by a constant (not by the episode length) so padding never changes the features.
+_TIME_SCALE = 100.0
+_OBS_CLIP = 10.0
+
+
+@dataclass(frozen=True)
+class InnerLoopConfig:
+    """How a policy adapts to a task; saved in checkpoint manifests and used by the server."""
+
+    lr: float = 0.1
+    """Inner-loop learning rate alpha (the initial value when it is learned, as in Meta-SGD)."""
+    steps: int = 1
+    """Inner gradient steps."""
+    discount: float = 0.99
+    """Discount factor gamma."""
+    gae_lambda: float = 1.0
+    """GAE lambda; 1.0 gives Monte-Carlo returns minus the baseline."""
+    normalize_advantages: bool = True
+    """Normalize each task's advantages to zero mean and unit variance."""
+    baseline_reg: float = 1e-5
+    """Ridge coefficient of the linear feature baseline fit."""
+
+    def __post_init__(self) -> None:
+        if not (
+            self.lr > 0
+            and self.steps >= 0
+            and 0 <= self.discount <= 1
+            and 0 <= self.gae_lambda <= 1
+            and self.baseline_reg > 0
+        ):
+            raise ValueError(f"invalid inner-loop settings: {self}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InnerLoopConfig:
+        return cls(**d)
+
+
+class EpisodeBatch(NamedTuple):
+    """Padded episodes of ``K`` tasks: what a sampler collects or a client sends."""
+
+    observations: Tensor  # [K, E, H, obs_dim]
+    actions: Tensor  # [K, E, H] (categorical) or [K, E, H, action_dim]
+    rewards: Tensor  # [K, E, H]
+    mask: Tensor  # [K, E, H], 1.0 on real steps; each row is a prefix of ones
+
+
+class LossBatch(NamedTuple):
+    """An :class:`EpisodeBatch` flattened over episodes, with advantages attached."""
+
+    observations: Tensor  # [K, E*H, obs_dim]
+    actions: Tensor  # [K, E*H, ...]
+    advantages: Tensor  # [K, E*H]
+    mask: Tensor  # [K, E*H]
+
+
+def discounted_cumsum(x: Tensor, mask: Tensor, gamma: float) -> Tensor:
+    """``y[t] = sum_{k>=t} gamma^(k-t) x[k]`` along the last axis, over masked steps only."""
+    out = torch.zeros_like(x)
+    running = torch.zeros_like(x[..., 0])
+    for t in range(x.shape[-1] - 1, -1, -1):
+        running = (x[..., t] + gamma * running) * mask[..., t]
+        out[..., t] = running
+    return out
+
+
+def baseline_features(observations: Tensor, mask: Tensor) -> Tensor:
+    """Features of the linear baseline: obs, obs^2, t, t^2, t^3, 1 (rllab's), zero where masked."""
+    obs = observations.clamp(-_OBS_CLIP, _OBS_CLIP)
+    t = torch.arange(obs.shape[-2], dtype=obs.dtype).expand(obs.shape[:-1]).unsqueeze(-1)
+    t = t / _TIME_SCALE
+    feats = torch.cat([obs, obs**2, t, t**2, t**3, torch.ones_like(t)], dim=-1)
+    return feats * mask.unsqueeze(-1)
+
+
+def fit_linear_baseline(features: Tensor, targets: Tensor, reg: float) -> Tensor:
+    """Per-task ridge regression ``argmin_w |Xw - y|^2 + reg |w|^2``; ``features`` [K, N, F].
+
+    The ridge term makes the system positive definite, so rank-deficient data (constant features,
+    a single step) still has a solution; should the solve still go non-finite, the ridge grows
+    tenfold, up to five times.
+    """
+    xtx = features.transpose(1, 2) @ features
+    xty = features.transpose(1, 2) @ targets.unsqueeze(-1)
+    eye = torch.eye(features.shape[-1], dtype=features.dtype)
+    for _ in range(5):
+        coef, info = torch.linalg.solve_ex(xtx + reg * eye, xty)
+        if bool((info == 0).all()) and bool(torch.isfinite(coef).all()):
+            return coef.squeeze(-1)
+        reg *= 10
+    return torch.zeros_like(xty.squeeze(-1))
+
+
+def compute_advantages(batch: EpisodeBatch, config: InnerLoopConfig) -> Tensor:
+    """GAE(gamma, lambda) advantages ``[K, E, H]`` against a linear feature baseline fitted to each
+    task's discounted returns. Episodes are treated as ending after their last step (the baseline's
+    time features absorb time limits), as in rllab and the MAML paper."""
+    with torch.no_grad():
+        obs = batch.observations.double()
+        rewards = batch.rewards.double()
+        mask = batch.mask.double()
+        k, e, h = mask.shape
+        returns = discounted_cumsum(rewards, mask, config.discount)
+        feats = baseline_features(obs, mask)
+        coef = fit_linear_baseline(
+            feats.reshape(k, e * h, -1), returns.reshape(k, e * h), config.baseline_reg
+        )
+        values = (feats @ coef.view(k, 1, -1, 1)).squeeze(-1) * mask
+        next_values = torch.nn.functional.pad(values[..., 1:], (0, 1))
+        deltas = (rewards + config.discount * next_values - values) * mask
+        adv = discounted_cumsum(deltas, mask, config.discount * config.gae_lambda)
+        if config.normalize_advantages:
+            n = mask.sum(dim=(1, 2), keepdim=True).clamp(min=1)
+            mean = adv.sum(dim=(1, 2), keepdim=True) / n
+            var = (((adv - mean) * mask) ** 2).sum(dim=(1, 2), keepdim=True) / n
+            adv = (adv - mean) / (var.sqrt() + 1e-8) * mask
+        return adv.to(batch.observations.dtype)
+
+
+def prepare(batch: EpisodeBatch, config: InnerLoopConfig) -> LossBatch:
+    """Attaches advantages and flattens episodes: the input of :func:`reinforce_loss`."""
+    k, e, h = batch.mask.shape
+    adv = compute_advantages(batch, config)
+    return LossBatch(
+        observations=batch.observations.reshape(k, e * h, -1),
+        actions=batch.actions.reshape(k, e * h, *batch.actions.shape[3:]),
+        advantages=adv.reshape(k, e * h),
+        mask=batch.mask.reshape(k, e * h),
+    )
+
+
+def reinforce_loss(spec: PolicySpec, params: Params, batch: LossBatch) -> Tensor:
+    """Per-task REINFORCE loss ``-mean_t log pi(a_t|s_t) A_t`` over real steps, shape ``[K]``.
+
+    ``params`` must be stacked ``K`` deep (see :func:`metarl.policies.stack`)."""
+    logp = policies.log_prob(spec, params, batch.observations, batch.actions)
+    n = batch.mask.sum(-1).clamp(min=1)
+    return -(logp * batch.advantages * batch.mask).sum(-1) / n
+
+
+def adapt(
+    spec: PolicySpec,
+    params: Params,
+    batch: LossBatch,
+    *,
+    lr: float | Params,
+    steps: int,
+    create_graph: bool = False,
+) -> Params:
+    """``steps`` inner gradient steps on ``batch``; returns new parameters stacked ``K`` deep.
+
+    ``params`` are never modified. ``lr`` is a scalar, or per-parameter learning rates (Meta-SGD)
+    shaped like the unstacked parameters. With ``create_graph`` the result stays differentiable
+    with respect to ``params`` (and ``lr``) through every step: second-order MAML. Without it the
+    inner gradients are treated as constants (first-order MAML, and serving).
+    """
+    k = batch.advantages.shape[0]
+    current = policies.stack(spec, params, k)
+
+    def total_loss(p: Params) -> Tensor:
+        # Task i's loss depends only on p[i], so the gradient of the sum is every task's gradient.
+        return reinforce_loss(spec, p, batch).sum()
+
+    for _ in range(steps):
+        with torch.enable_grad():
+            grads = torch.func.grad(total_loss)(current)
+        if not create_graph:
+            grads = {name: g.detach() for name, g in grads.items()}
+        current = {
+            name: p - (lr[name] if isinstance(lr, dict) else lr) * grads[name]
+            for name, p in current.items()
+        }
+    return current
+
+
+def adapt_on_episodes(
+    spec: PolicySpec,
+    params: Params,
+    episodes: EpisodeBatch,
+    config: InnerLoopConfig,
+    *,
+    lr: float | Params | None = None,
+    steps: int | None = None,
+    create_graph: bool = False,
+) -> Params:
+    """Adapted parameters for the tasks of ``episodes``: :func:`prepare` then :func:`adapt`."""
+    return adapt(
+        spec,
+        params,
+        prepare(episodes, config),
+        lr=config.lr if lr is None else lr,
+        steps=config.steps if steps is None else steps,
+        create_graph=create_graph,
+    )
+
+
+def pad_episodes(
+    episodes: list[tuple[Tensor, Tensor, Tensor]], dtype: torch.dtype = torch.float32
+) -> EpisodeBatch:
+    """One task's variable-length episodes ``(observations [T, obs_dim], actions [T, ...],
+    rewards [T])`` as an :class:`EpisodeBatch` with ``K = 1``, padded to the longest."""
+    if not episodes:
+        raise ValueError("need at least one episode")
+    horizon = max(len(r) for _, _, r in episodes)
+    e = len(episodes)
+    obs0, act0, _ = episodes[0]
+    obs = torch.zeros((1, e, horizon, *obs0.shape[1:]), dtype=dtype)
+    acts = torch.zeros((1, e, horizon, *act0.shape[1:]), dtype=act0.dtype)
+    rewards = torch.zeros((1, e, horizon), dtype=dtype)
+    mask = torch.zeros((1, e, horizon), dtype=dtype)
+    for i, (o, a, r) in enumerate(episodes):
+        n = len(r)
+        obs[0, i, :n] = o
+        acts[0, i, :n] = a
+        rewards[0, i, :n] = r
+        mask[0, i, :n] = 1.0
+    return EpisodeBatch(obs, acts, rewards, mask)
