@@ -115,6 +115,16 @@ def fit_linear_baseline(features: Tensor, targets: Tensor, reg: float) -> Tensor
     return torch.zeros_like(xty.squeeze(-1))
 
 
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> Tensor:
+    """Generalized advantage estimates along the last axis; the value after an episode's last
+    step is taken as zero."""
+    next_values = torch.nn.functional.pad(values[..., 1:], (0, 1)) * torch.nn.functional.pad(
+        mask[..., 1:], (0, 1)
+    )
+    deltas = (rewards + gamma * next_values - values) * mask
+    return discounted_cumsum(deltas, mask, gamma * lam)
+
+
 def compute_advantages(batch: EpisodeBatch, config: InnerLoopConfig) -> Tensor:
     """GAE(gamma, lambda) advantages ``[K, E, H]`` against a linear feature baseline fitted to each
     task's discounted returns. Episodes are treated as ending after their last step (the baseline's
@@ -130,9 +140,7 @@ def compute_advantages(batch: EpisodeBatch, config: InnerLoopConfig) -> Tensor:
             feats.reshape(k, e * h, -1), returns.reshape(k, e * h), config.baseline_reg
         )
         values = (feats @ coef.view(k, 1, -1, 1)).squeeze(-1) * mask
-        next_values = torch.nn.functional.pad(values[..., 1:], (0, 1))
-        deltas = (rewards + config.discount * next_values - values) * mask
-        adv = discounted_cumsum(deltas, mask, config.discount * config.gae_lambda)
+        adv = gae(rewards, values, mask, config.discount, config.gae_lambda)
         if config.normalize_advantages:
             n = mask.sum(dim=(1, 2), keepdim=True).clamp(min=1)
             mean = adv.sum(dim=(1, 2), keepdim=True) / n
