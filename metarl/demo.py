@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import gymnasium as gym
-from metarl_client import PolicyClient
-from metarl_client.helpers import mean_return, rollout
 
 from metarl import envs
+from metarl_client import PolicyClient
+from metarl_client.helpers import mean_return, rollout
 
 
 @dataclass

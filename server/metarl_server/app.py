@@ -14,10 +14,10 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
-from metarl_client.proto.metarl.v1 import policy_service_pb2_grpc as pb_grpc
 
 from metarl.checkpoint import bundled_checkpoints_dir
+from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
+from metarl_client.proto.metarl.v1 import policy_service_pb2_grpc as pb_grpc
 from metarl_server.registry import PolicyRegistry
 from metarl_server.service import Limits, PolicyService
 from metarl_server.sessions import SessionStore

@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 import gymnasium as gym
 import numpy as np
 import torch
+
+from metarl import inner_loop, policies
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.proto.metarl.v1 import policy_service_pb2_grpc as pb_grpc
 from metarl_client.tensors import to_tensor
-
-from metarl import inner_loop, policies
 from metarl_server import validation
 from metarl_server.errors import FailedPrecondition, InvalidArgument, ServiceError
 from metarl_server.registry import PolicyRegistry, PolicyVersion

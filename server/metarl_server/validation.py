@@ -8,11 +8,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from numpy.typing import NDArray
+
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.proto.metarl.v1 import tensor_pb2
 from metarl_client.tensors import TensorError, from_tensor
-from numpy.typing import NDArray
-
 from metarl_server.errors import InvalidArgument, ResourceExhausted
 from metarl_server.registry import PolicyVersion
 
