@@ -11,7 +11,6 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml client/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt -e ./client -e '.[dev]'
 	touch $@
 
