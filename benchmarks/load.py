@@ -1,0 +1,222 @@
+"""Load test: concurrent clients mixing CreateSession/Act/StreamAct/Adapt/DeleteSession.
+
+Starts `metarl serve` as its own process on a free loopback port (or uses --target), runs
+--clients client threads spread over --procs processes for --seconds, and prints per-RPC counts,
+errors and p50/p99 latencies. Every request goes to 127.0.0.1 only.
+
+    .venv/bin/python benchmarks/load.py --seconds 60 --clients 32
+    .venv/bin/python benchmarks/load.py --seconds 60 --clients 32 --serve-args "--session-store redis://127.0.0.1:6379/0"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+
+from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
+from metarl_client.proto.metarl.v1 import policy_service_pb2_grpc as pb_grpc
+from metarl_client.tensors import to_tensor
+
+POLICY = "cartpole-family"
+
+
+def _episodes(rng: np.random.Generator, n: int, length: int) -> list[pb.Episode]:
+    return [
+        pb.Episode(
+            observations=to_tensor(rng.normal(0, 0.05, (length, 4)).astype(np.float32)),
+            actions=to_tensor(rng.integers(0, 2, length)),
+            rewards=to_tensor(np.ones(length, np.float32)),
+            terminated=True,
+        )
+        for _ in range(n)
+    ]
+
+
+def client_loop(target: str, seconds: float, seed: int) -> dict[str, list]:  # type: ignore[type-arg]
+    """One client: sessions that act step by step, stream, adapt, and get deleted."""
+    rng = np.random.default_rng(seed)
+    lat: dict[str, list[float]] = defaultdict(list)
+    errors: dict[str, list[str]] = defaultdict(list)
+    channel = grpc.insecure_channel(target)
+    stub = pb_grpc.PolicyServiceStub(channel)
+    deadline = time.monotonic() + seconds
+
+    def timed(name: str, fn, *args):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        try:
+            out = fn(*args, timeout=30)
+            lat[name].append(time.perf_counter() - start)
+            return out
+        except grpc.RpcError as exc:
+            errors[name].append(f"{exc.code().name}: {exc.details()}")
+            return None
+
+    while time.monotonic() < deadline:
+        created = timed(
+            "CreateSession",
+            stub.CreateSession,
+            pb.CreateSessionRequest(policy=POLICY, seed=int(rng.integers(2**31))),
+        )
+        if created is None:
+            continue
+        sid = created.session.id
+        for _ in range(20):
+            obs = rng.normal(0, 0.05, 4).astype(np.float32)
+            timed("Act", stub.Act, pb.ActRequest(session_id=sid, observations=to_tensor(obs)))
+
+        def stream_requests(sid: str = sid):  # type: ignore[no-untyped-def]
+            for i in range(20):
+                req = pb.StreamActRequest(
+                    observation=to_tensor(rng.normal(0, 0.05, 4).astype(np.float32))
+                )
+                if i == 0:
+                    req.session_id = sid
+                else:
+                    req.feedback.reward = 1.0
+                yield req
+
+        start = time.perf_counter()
+        try:
+            n = sum(1 for _ in stub.StreamAct(stream_requests(), timeout=30))
+            lat["StreamAct(20 steps)"].append(time.perf_counter() - start)
+            assert n == 20
+        except grpc.RpcError as exc:
+            errors["StreamAct(20 steps)"].append(f"{exc.code().name}: {exc.details()}")
+        timed("Adapt", stub.Adapt, pb.AdaptRequest(session_id=sid, episodes=_episodes(rng, 5, 40)))
+        timed(
+            "Act",
+            stub.Act,
+            pb.ActRequest(
+                session_id=sid,
+                observations=to_tensor(rng.normal(0, 0.05, (16, 4)).astype(np.float32)),
+                deterministic=True,
+            ),
+        )
+        timed("DeleteSession", stub.DeleteSession, pb.DeleteSessionRequest(session_id=sid))
+    channel.close()
+    return {"lat": dict(lat), "errors": dict(errors)}
+
+
+def process_main(target: str, seconds: float, threads: int, seed: int) -> dict[str, list]:  # type: ignore[type-arg]
+    with ThreadPoolExecutor(threads) as pool:
+        results = list(
+            pool.map(lambda i: client_loop(target, seconds, seed * 1000 + i), range(threads))
+        )
+    lat: dict[str, list[float]] = defaultdict(list)
+    errors: dict[str, list[str]] = defaultdict(list)
+    for r in results:
+        for k, v in r["lat"].items():
+            lat[k] += v
+        for k, v in r["errors"].items():
+            errors[k] += v
+    return {"lat": dict(lat), "errors": dict(errors)}
+
+
+def start_server(serve_args: str) -> tuple[subprocess.Popen[str], str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "metarl.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        *shlex.split(serve_args),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening on port" not in line:
+        proc.kill()
+        raise SystemExit(f"server did not start: {line!r}")
+    return proc, f"127.0.0.1:{int(line.rsplit(' ', 1)[1])}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--target", default="", help="existing server; empty starts one")
+    ap.add_argument("--serve-args", default="", help="extra `metarl serve` arguments")
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--clients", type=int, default=32, help="concurrent clients in all")
+    ap.add_argument("--procs", type=int, default=4, help="client processes")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args()
+
+    proc = None
+    target = args.target
+    if not target:
+        proc, target = start_server(args.serve_args)
+    try:
+        per_proc = [
+            args.clients // args.procs + (i < args.clients % args.procs) for i in range(args.procs)
+        ]
+        with mp.get_context("spawn").Pool(args.procs) as pool:
+            parts = pool.starmap(
+                process_main, [(target, args.seconds, n, i) for i, n in enumerate(per_proc)]
+            )
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    lat: dict[str, list[float]] = defaultdict(list)
+    errors: dict[str, list[str]] = defaultdict(list)
+    for part in parts:
+        for k, v in part["lat"].items():
+            lat[k] += v
+        for k, v in part["errors"].items():
+            errors[k] += v
+    rows = {}
+    for name in sorted(set(lat) | set(errors)):
+        ms = np.array(lat.get(name, [float("nan")])) * 1000
+        rows[name] = {
+            "ok": len(lat.get(name, [])),
+            "errors": len(errors.get(name, [])),
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
+        }
+    total_errors = sum(r["errors"] for r in rows.values())
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "clients": args.clients,
+                    "seconds": args.seconds,
+                    "serve_args": args.serve_args,
+                    "rpcs": rows,
+                    "errors": total_errors,
+                }
+            )
+        )
+    else:
+        print(f"{args.clients} clients x {args.seconds:.0f} s against {target} {args.serve_args}")
+        print(f"{'rpc':<22}{'ok':>9}{'errors':>8}{'p50 ms':>10}{'p99 ms':>10}")
+        for name, r in rows.items():
+            print(f"{name:<22}{r['ok']:>9}{r['errors']:>8}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}")
+        print(f"total errors: {total_errors}")
+        for name, msgs in errors.items():
+            print(f"  {name}: {msgs[:3]}")
+    sys.exit(1 if total_errors else 0)
+
+
+if __name__ == "__main__":
+    main()
