@@ -1,140 +1,417 @@
-"""Building and running the gRPC server."""
+"""Building and running the gRPC server.
+
+Every ``ServeConfig`` field (``metarl serve --help``) can also be set by an environment variable
+``METARL_<FIELD>`` (``METARL_PORT=50052``, ``METARL_AUTH_TOKEN=…``, ``METARL_CHECKPOINT=a:b`` for a
+list, ``METARL_TLS_CERT=/etc/tls/tls.crt``, ``METARL_LOG_FORMAT=json``); a command-line flag wins
+over the variable, which wins over the built-in default.
+"""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import importlib.util
 import logging
 import os
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import grpc
-import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from metarl.checkpoint import bundled_checkpoints_dir
+from metarl_client.proto.metarl.v1 import admin_service_pb2 as admin_pb
+from metarl_client.proto.metarl.v1 import admin_service_pb2_grpc as admin_grpc
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.proto.metarl.v1 import policy_service_pb2_grpc as pb_grpc
-from metarl_server.registry import PolicyRegistry
+from metarl_server.adapter import Adapter
+from metarl_server.admin import ModelAdminService
+from metarl_server.interceptors import AuthInterceptor, MetricsInterceptor
+from metarl_server.logs import setup_logging
+from metarl_server.metrics import Metrics
+from metarl_server.registry import Loader, PolicyRegistry, ScanResult
 from metarl_server.service import Limits, PolicyService
-from metarl_server.sessions import SessionStore
+from metarl_server.sessions import InMemorySessionStore, Session, SessionStore
 
 log = logging.getLogger("metarl_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
+ADMIN_SERVICE_NAME = admin_pb.DESCRIPTOR.services_by_name["ModelAdminService"].full_name
+ENV_PREFIX = "METARL_"
+
+
+# -- configuration from flags and environment variables ----------------------------------------
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false, 1/0, yes/no or on/off")
+
+
+def _parse_paths(raw: str) -> list[Path]:
+    return [Path(p) for p in raw.split(os.pathsep) if p]
+
+
+def _from_env(name: str, default: Any, parse: Callable[[str], Any]) -> Any:
+    var = ENV_PREFIX + name.upper()
+    raw = os.environ.get(var)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise SystemExit(f"environment variable {var}={raw!r} is invalid: {exc}") from None
+
+
+def env(name: str, default: Any, parse: Callable[[str], Any] | None = None) -> Callable[[], Any]:
+    """A ``default_factory`` that reads ``METARL_<NAME>`` (parsed by ``parse``, by default the
+    type of ``default``) and falls back to ``default``."""
+    if parse is None:
+        kind = type(default)
+        parse = _parse_bool if kind is bool else kind
+    assert parse is not None
+    return lambda: _from_env(name, default, parse)
 
 
 @dataclass
 class ServeConfig:
-    """Serve meta-trained policies over gRPC (health and reflection included)."""
+    """Serve meta-trained policies over gRPC (health, reflection and the admin service included).
+    Every option can also be set by an environment variable METARL_<OPTION> (e.g. METARL_PORT)."""
 
-    checkpoint: list[Path] | None = None
-    """Checkpoint directories to serve; with neither this nor --model-dir, the bundled policies."""
-    model_dir: Path | None = None
-    """A directory of ``<name>/<version>/`` checkpoints to serve."""
-    host: str = "[::]"
+    checkpoint: list[Path] | None = field(default_factory=env("checkpoint", None, _parse_paths))
+    """Checkpoint directories to serve; with neither this nor --model-dir, the bundled policies.
+    (METARL_CHECKPOINT: paths separated by ':')"""
+    model_dir: Path | None = field(default_factory=env("model_dir", None, Path))
+    """A directory of ``<name>/<version>/`` checkpoints, watched for new versions while serving."""
+    poll_interval: float = field(default_factory=env("poll_interval", 5.0))
+    """Seconds between scans of --model-dir for new versions (0: only on the ReloadModels RPC)."""
+    host: str = field(default_factory=env("host", "[::]"))
     """Address to bind."""
-    port: int = 50051
+    port: int = field(default_factory=env("port", 50051))
     """Port to bind; 0 picks a free one (printed at start)."""
-    max_sessions: int = 10_000
+    max_sessions: int = field(default_factory=env("max_sessions", 10_000))
     """Most live sessions; CreateSession answers RESOURCE_EXHAUSTED past it."""
-    session_ttl: float = 3600.0
+    session_ttl: float = field(default_factory=env("session_ttl", 3600.0))
     """Seconds a session may stay idle before it expires."""
-    max_batch_size: int = 1024
+    max_batch_size: int = field(default_factory=env("max_batch_size", 1024))
     """Most observations per Act call."""
-    max_adapt_steps: int = 10
+    max_adapt_steps: int = field(default_factory=env("max_adapt_steps", 10))
     """Most inner steps per Adapt call."""
-    max_transitions: int = 100_000
+    max_transitions: int = field(default_factory=env("max_transitions", 100_000))
     """Most transitions per Adapt call."""
-    max_message_mb: int = 64
+    max_recorded_transitions: int = field(default_factory=env("max_recorded_transitions", 10_000))
+    """Most transitions a recording session keeps (the oldest episodes are dropped)."""
+    max_message_mb: int = field(default_factory=env("max_message_mb", 64))
     """Largest request or response, in MiB."""
-    workers: int = 16
-    """Threads handling calls."""
-    threads: int = 1
-    """Torch intra-op threads (per call); 1 suits small policies and many clients."""
-    grace: float = 10.0
+    workers: int = field(default_factory=env("workers", 16))
+    """Threads handling calls other than Adapt (Adapt calls waiting for the adaptation workers
+    have --max-pending-adaptations threads of their own, so they never starve Act)."""
+    batch_max_calls: int = field(default_factory=env("batch_max_calls", 64))
+    """Most concurrent Act calls computed in one forward pass."""
+    adapt_processes: int = field(default_factory=env("adapt_processes", 1))
+    """Processes running adaptations (torch lives there); 0 runs them in a thread of the server."""
+    threads: int = field(default_factory=env("threads", 1))
+    """Torch intra-op threads of each adaptation process; 1 leaves the other cores to Act."""
+    max_pending_adaptations: int = field(default_factory=env("max_pending_adaptations", 64))
+    """Most Adapt calls queued or running; more get RESOURCE_EXHAUSTED."""
+    metrics_port: int | None = field(default_factory=env("metrics_port", None, int))
+    """Serve Prometheus metrics on this port (/metrics); none when unset."""
+    auth_token: str | None = field(default_factory=env("auth_token", None, str))
+    """Require 'authorization: Bearer <token>' metadata on every call but health checks.
+    Prefer METARL_AUTH_TOKEN or --auth-token-file to keep it out of the process list."""
+    auth_token_file: Path | None = field(default_factory=env("auth_token_file", None, Path))
+    """A file of accepted tokens, one per line (for example a mounted secret)."""
+    tls_cert: Path | None = field(default_factory=env("tls_cert", None, Path))
+    """PEM certificate chain: serve TLS instead of plaintext (with --tls-key)."""
+    tls_key: Path | None = field(default_factory=env("tls_key", None, Path))
+    """PEM private key of --tls-cert."""
+    tls_client_ca: Path | None = field(default_factory=env("tls_client_ca", None, Path))
+    """PEM CA bundle: require client certificates signed by it (mutual TLS)."""
+    keepalive_time: float = field(default_factory=env("keepalive_time", 60.0))
+    """Seconds between the server's keepalive pings on idle connections."""
+    keepalive_timeout: float = field(default_factory=env("keepalive_timeout", 20.0))
+    """Seconds to wait for a keepalive ping's answer before closing the connection."""
+    min_client_ping_interval: float = field(default_factory=env("min_client_ping_interval", 10.0))
+    """Shortest interval between client keepalive pings the server accepts."""
+    grace: float = field(default_factory=env("grace", 10.0))
     """Seconds in-flight calls get to finish after SIGTERM."""
-    log_level: str = "INFO"
+    drain_delay: float = field(default_factory=env("drain_delay", 0.0))
+    """Seconds to keep serving with health NOT_SERVING after SIGTERM, before refusing new calls
+    (lets load balancers notice)."""
+    log_level: str = field(default_factory=env("log_level", "INFO"))
     """Logging level."""
+    log_format: Literal["text", "json"] = field(default_factory=env("log_format", "text"))
+    """Log lines as text, or one JSON object per line."""
+
+    def tokens(self) -> list[str]:
+        tokens = [self.auth_token] if self.auth_token else []
+        if self.auth_token_file:
+            lines = self.auth_token_file.read_text().splitlines()
+            tokens += [t.strip() for t in lines if t.strip()]
+        return tokens
 
 
-def build_registry(cfg: ServeConfig) -> PolicyRegistry:
-    registry = PolicyRegistry()
-    if cfg.checkpoint:
-        for path in cfg.checkpoint:
-            registry.add_checkpoint(path)
-    if cfg.model_dir:
-        registry.load_model_dir(cfg.model_dir)
-    if not cfg.checkpoint and not cfg.model_dir:
-        registry.load_model_dir(bundled_checkpoints_dir())
+# -- building ------------------------------------------------------------------------------------
+
+
+def bundled_checkpoints_dir() -> Path:
+    """``metarl/data/checkpoints``, found without importing ``metarl.checkpoint`` (torch)."""
+    spec = importlib.util.find_spec("metarl")
+    assert spec is not None and spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "checkpoints"
+
+
+def build_registry(cfg: ServeConfig, loader: Loader | None = None) -> PolicyRegistry:
+    """The policies of ``cfg``. ``loader`` verifies and reads a checkpoint; by default in this
+    process (the server passes its adaptation workers')."""
+    registry = PolicyRegistry(loader)
+    build_into(registry, cfg)
     return registry
 
 
-def create_server(
-    address: str, registry: PolicyRegistry, cfg: ServeConfig | None = None
-) -> tuple[grpc.Server, int]:
-    """A started-to-be server on ``address`` (``[::]:0`` picks a free port) and its port."""
-    cfg = cfg or ServeConfig()
+_shared: dict[tuple[int, int, int], Adapter] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_adapter(cfg: ServeConfig) -> Adapter:
+    """One adaptation pool per configuration for all servers of this process that are not given
+    their own (tests and the demo create many servers; each spawning workers would be slow)."""
+    key = (cfg.adapt_processes, cfg.threads, cfg.max_pending_adaptations)
+    with _shared_lock:
+        adapter = _shared.get(key)
+        if adapter is None:
+            adapter = _shared[key] = Adapter(*key)
+            atexit.register(adapter.close)
+        return adapter
+
+
+class Server:
+    """A gRPC server with its services, sessions, model watcher and metrics endpoint.
+
+    ``start``/``stop``/``wait_for_termination`` behave as ``grpc.Server``'s; ``stop`` also turns
+    health NOT_SERVING first and, once the calls are done, ends the sessions and background work.
+    """
+
+    def __init__(
+        self,
+        grpc_server: grpc.Server,
+        port: int,
+        cfg: ServeConfig,
+        service: PolicyService,
+        health_servicer: health.HealthServicer,
+        metrics: Metrics,
+        adapter: Adapter,
+        owns_adapter: bool,
+    ) -> None:
+        self.grpc_server = grpc_server
+        self.port = port
+        self.cfg = cfg
+        self.service = service
+        self.registry = service.registry
+        self.sessions: SessionStore = service.sessions
+        self.health_servicer = health_servicer
+        self.metrics = metrics
+        self.metrics_port: int | None = None
+        self.adapter = adapter
+        self._owns_adapter = owns_adapter
+        self._stopping = threading.Event()
+        self._maintenance: threading.Thread | None = None
+        self._listener = self._on_scan
+        self.registry.listeners.append(self._listener)
+
+    def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            self.health_servicer.set(name, status)
+
+    def start(self) -> None:
+        if self.cfg.metrics_port is not None:
+            self.metrics_port = self.metrics.serve_http(self.cfg.metrics_port)
+            log.info("metrics on port %d (/metrics)", self.metrics_port)
+        self.grpc_server.start()
+        self._maintenance = threading.Thread(
+            target=self._maintain, name="metarl-maintenance", daemon=True
+        )
+        self._maintenance.start()
+
+    def _maintain(self) -> None:
+        """Expires idle sessions every second; rescans the model directories every
+        ``poll_interval`` seconds."""
+        interval = self.cfg.poll_interval
+        since_scan = 0.0
+        while not self._stopping.wait(1.0):
+            try:
+                self.sessions.expire()
+                since_scan += 1.0
+                if interval > 0 and since_scan >= interval and self.registry.model_dirs:
+                    since_scan = 0.0
+                    self.registry.scan()
+            except Exception:
+                log.exception("maintenance failed")
+
+    def _on_scan(self, result: ScanResult) -> None:
+        m = self.metrics.checkpoints
+        for label, items in (
+            ("loaded", result.loaded),
+            ("refused", result.refused),
+            ("unloaded", result.unloaded),
+        ):
+            if items:
+                m.labels(label).inc(len(items))
+
+    def stop(self, grace: float | None) -> threading.Event:
+        self.set_serving(False)
+        self._stopping.set()
+        stopped = self.grpc_server.stop(grace)
+        done = threading.Event()
+
+        def cleanup() -> None:
+            stopped.wait()
+            try:
+                if self._listener in self.registry.listeners:
+                    self.registry.listeners.remove(self._listener)
+                if isinstance(self.sessions, InMemorySessionStore):
+                    for s in self.sessions.sessions():
+                        with contextlib.suppress(Exception):
+                            self.sessions.delete(s.id)
+                self.metrics.close()
+                if self._owns_adapter:
+                    self.adapter.close()
+            finally:
+                done.set()
+
+        threading.Thread(target=cleanup, name="metarl-stop", daemon=True).start()
+        return done
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self.grpc_server.wait_for_termination(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.grpc_server, name)
+
+
+def _server_options(cfg: ServeConfig) -> list[tuple[str, Any]]:
     max_bytes = cfg.max_message_mb * 1024 * 1024
+    return [
+        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.max_send_message_length", max_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", int(cfg.keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        (
+            "grpc.http2.min_recv_ping_interval_without_data_ms",
+            int(cfg.min_client_ping_interval * 1000),
+        ),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+
+
+def _credentials(cfg: ServeConfig) -> grpc.ServerCredentials | None:
+    if cfg.tls_cert is None and cfg.tls_key is None:
+        if cfg.tls_client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if cfg.tls_cert is None or cfg.tls_key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    client_ca = cfg.tls_client_ca.read_bytes() if cfg.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def create_server(
+    address: str,
+    registry: PolicyRegistry,
+    cfg: ServeConfig | None = None,
+    *,
+    adapter: Adapter | None = None,
+    sessions: SessionStore | None = None,
+) -> tuple[Server, int]:
+    """A not-yet-started server on ``address`` (``[::]:0`` picks a free port) and its port.
+
+    Without ``adapter`` the server uses this process's shared adaptation pool for ``cfg``."""
+    cfg = cfg or ServeConfig()
+    owns_adapter = adapter is not None
+    adapter = adapter or shared_adapter(cfg)
+    metrics = Metrics()
+    interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(metrics)]
+    tokens = cfg.tokens()
+    if tokens:
+        interceptors.append(AuthInterceptor(tokens))
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="metarl-rpc"),
-        options=[
-            ("grpc.max_receive_message_length", max_bytes),
-            ("grpc.max_send_message_length", max_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
+        futures.ThreadPoolExecutor(
+            max_workers=cfg.workers + cfg.max_pending_adaptations, thread_name_prefix="metarl-rpc"
+        ),
+        interceptors=interceptors,
+        options=_server_options(cfg),
     )
     limits = Limits(
         max_batch_size=cfg.max_batch_size,
         max_adapt_steps=cfg.max_adapt_steps,
         max_transitions=cfg.max_transitions,
     )
-    service = PolicyService(registry, SessionStore(cfg.max_sessions, cfg.session_ttl), limits)
+    store = sessions or InMemorySessionStore(
+        cfg.max_sessions, cfg.session_ttl, cfg.max_recorded_transitions
+    )
+    store.on_remove.append(lambda s, reason: _on_session_removed(registry, metrics, s, reason))
+    service = PolicyService(registry, store, limits, adapter, metrics, cfg.batch_max_calls)
     pb_grpc.add_PolicyServiceServicer_to_server(service, server)
+    admin_grpc.add_ModelAdminServiceServicer_to_server(ModelAdminService(registry), server)
+    metrics.sessions.set_function(lambda: len(store))
+    metrics.policy_versions.set_function(lambda: len(registry))
+    metrics.adapt_pending.set_function(lambda: adapter.pending)
 
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    status = (
-        health_pb2.HealthCheckResponse.SERVING
-        if len(registry)
-        else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, status)
-    server.health_servicer = health_servicer
-
     reflection.enable_server_reflection(
         (
             SERVICE_NAME,
+            ADMIN_SERVICE_NAME,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
         server,
     )
-    port = server.add_insecure_port(address)
+    creds = _credentials(cfg)
+    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {address}")
-    return server, port
+    wrapper = Server(server, port, cfg, service, health_servicer, metrics, adapter, owns_adapter)
+    wrapper.set_serving(len(registry) > 0)
+    return wrapper, port
+
+
+def _on_session_removed(
+    registry: PolicyRegistry, metrics: Metrics, session: Session, reason: str
+) -> None:
+    metrics.sessions_removed.labels(reason).inc()
+    registry.release(session.policy)
+
+
+# -- running -------------------------------------------------------------------------------------
 
 
 def serve(cfg: ServeConfig) -> None:
-    """Runs until SIGTERM or SIGINT, then drains: health goes NOT_SERVING and in-flight calls
-    get ``cfg.grace`` seconds to finish."""
-    logging.basicConfig(
-        level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    torch.set_num_threads(cfg.threads)
-    registry = build_registry(cfg)
-    if not len(registry):
-        raise SystemExit("no policy could be loaded: check --checkpoint / --model-dir")
-    server, port = create_server(f"{cfg.host}:{cfg.port}", registry, cfg)
-    server.start()
-    names = ", ".join(f"{v[-1].name}@{v[-1].version}" for v in registry.list())
-    log.info("serving %s on %s:%d (pid %d)", names, cfg.host, port, os.getpid())
-    print(f"metarl server listening on port {port}", flush=True)
-
+    """Runs until SIGTERM or SIGINT, then drains: health goes NOT_SERVING (for ``drain_delay``
+    seconds while still serving), then new calls are refused and in-flight calls get ``grace``
+    seconds to finish."""
+    setup_logging(cfg.log_level, cfg.log_format)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -143,7 +420,56 @@ def serve(cfg: ServeConfig) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    stop.wait()
-    server.health_servicer.enter_graceful_shutdown()
+
+    adapter = Adapter(cfg.adapt_processes, cfg.threads, cfg.max_pending_adaptations)
+    try:
+        adapter.start()
+        registry = PolicyRegistry(adapter.load)
+        server, port = create_server(f"{cfg.host}:{cfg.port}", registry, cfg, adapter=adapter)
+    except BaseException:
+        adapter.close()
+        raise
+    server.start()  # health NOT_SERVING until the policies are loaded
+    print(f"metarl server listening on port {port}", flush=True)
+    try:
+        loaded = build_into(registry, cfg)
+    except Exception as exc:
+        server.stop(0).wait()
+        raise SystemExit(f"could not load the policies: {exc}") from None
+    if not loaded:
+        server.stop(0).wait()
+        raise SystemExit("no policy could be loaded: check --checkpoint / --model-dir")
+    server.set_serving(True)
+    names = ", ".join(f"{v[-1].name}@{v[-1].version}" for v in registry.list())
+    log.info(
+        "serving %s on %s:%d (pid %d, %s, auth %s)",
+        names,
+        cfg.host,
+        port,
+        os.getpid(),
+        "TLS" if cfg.tls_cert else "plaintext",
+        "on" if cfg.tokens() else "off",
+    )
+    while not stop.wait(0.5):
+        pass
+    server.set_serving(False)
+    if cfg.drain_delay > 0:
+        log.info("health NOT_SERVING; still serving for %.1f s", cfg.drain_delay)
+        stop.clear()
+        stop.wait(cfg.drain_delay)  # a second signal ends the delay
+    log.info("refusing new calls; in-flight calls get %.1f s", cfg.grace)
     server.stop(cfg.grace).wait()
     log.info("stopped")
+    sys.stdout.flush()
+
+
+def build_into(registry: PolicyRegistry, cfg: ServeConfig) -> int:
+    """Loads ``cfg``'s policies into ``registry``; returns how many versions are loaded."""
+    if cfg.checkpoint:
+        for path in cfg.checkpoint:
+            registry.add_checkpoint(path)
+    if cfg.model_dir:
+        registry.load_model_dir(cfg.model_dir)
+    if not cfg.checkpoint and not cfg.model_dir:
+        registry.load_model_dir(bundled_checkpoints_dir())
+    return len(registry)

@@ -29,3 +29,9 @@ class FailedPrecondition(ServiceError):
 
 class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class Aborted(ServiceError):
+    """A concurrent change got in the way (another Adapt, a reset); retrying is safe."""
+
+    code = grpc.StatusCode.ABORTED

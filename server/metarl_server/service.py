@@ -1,4 +1,10 @@
-"""The PolicyService implementation."""
+"""The PolicyService implementation.
+
+``Act`` and ``StreamAct`` compute in this process, in numpy, through the :class:`ActBatcher`;
+``Adapt`` hands its job to the :class:`Adapter` (another process by default) and swaps the
+session's parameters when the result comes back. Every failure a request can cause maps to a
+precise status code with a message that says what was wrong; only a bug gives INTERNAL.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,27 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import grpc
 import gymnasium as gym
 import numpy as np
-import torch
 
-from metarl import inner_loop, policies
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.proto.metarl.v1 import policy_service_pb2_grpc as pb_grpc
 from metarl_client.tensors import to_tensor
 from metarl_server import validation
-from metarl_server.errors import FailedPrecondition, InvalidArgument, ServiceError
+from metarl_server.adapter import Adapter
+from metarl_server.batching import ActBatcher, ActJob
+from metarl_server.errors import (
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    ServiceError,
+)
+from metarl_server.metrics import Metrics
 from metarl_server.registry import PolicyRegistry, PolicyVersion
-from metarl_server.sessions import Session, SessionStore
+from metarl_server.sessions import RecordedEpisode, Session, SessionStore
+from metarl_server.worker import AdaptationError, AdaptJob
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,7 +62,7 @@ def _status_on_error(method: F) -> F:
             context.abort(exc.code, str(exc))
         except Exception:
             log.exception("unexpected error in %s", method.__name__)
-            raise
+            context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
 
     return wrapper  # type: ignore[return-value]
 
@@ -67,12 +82,23 @@ def _space_proto(space: gym.spaces.Space[Any]) -> pb.Space:
 
 
 class PolicyService(pb_grpc.PolicyServiceServicer):
-    def __init__(self, registry: PolicyRegistry, sessions: SessionStore, limits: Limits) -> None:
+    def __init__(
+        self,
+        registry: PolicyRegistry,
+        sessions: SessionStore,
+        limits: Limits,
+        adapter: Adapter,
+        metrics: Metrics | None = None,
+        max_batch_calls: int = 64,
+    ) -> None:
         self.registry = registry
         self.sessions = sessions
         self.limits = limits
+        self.adapter = adapter
+        self.metrics = metrics or Metrics()
+        self.batcher = ActBatcher(max_batch_calls, on_batch=self.metrics.observe_batch)
 
-    # -- helpers -----------------------------------------------------------------------------
+    # -- helpers -------------------------------------------------------------------------------
 
     def _session_proto(self, s: Session) -> pb.Session:
         msg = pb.Session(
@@ -89,24 +115,21 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
         return msg
 
     def _act(
-        self, s: Session, obs: torch.Tensor, deterministic: bool
+        self, s: Session, obs: np.ndarray, deterministic: bool
     ) -> tuple[np.ndarray, np.ndarray]:
-        params = s.params  # one read: an Adapt swapping params mid-call cannot mix old and new
-        spec = s.policy.spec
-        with torch.no_grad(), s.lock:
-            acts, logp = policies.act(
-                spec, params, obs, deterministic=deterministic, generator=s.generator
-            )
+        # One read of s.params: an Adapt swapping them mid-call cannot mix old and new.
+        job = ActJob(s.policy, s.params, obs, deterministic, s.rng)
+        acts, logp = self.batcher.run(job)
         space = s.policy.action_space
         if isinstance(space, gym.spaces.Discrete):
-            return (acts + int(space.start)).numpy(), logp.numpy()
-        return acts.numpy().reshape(-1, *space.shape), logp.numpy()  # type: ignore[misc]
+            return acts + int(space.start), logp
+        return acts.reshape(-1, *space.shape), logp  # type: ignore[misc]
 
     def _record(
         self,
         s: Session,
         feedback: pb.StepFeedback | None,
-        obs: torch.Tensor | None,
+        obs: np.ndarray | None,
         action: np.ndarray | None,
     ) -> None:
         if s.recording is None:
@@ -115,9 +138,10 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
             if feedback is not None:
                 s.recording.feedback(feedback.reward, feedback.terminated, feedback.truncated)
             if obs is not None and action is not None:
-                s.recording.step(obs[0].numpy(), action[0])
+                s.recording.step(obs[0], action[0])
+        self.sessions.save(s)
 
-    # -- RPCs --------------------------------------------------------------------------------
+    # -- RPCs ----------------------------------------------------------------------------------
 
     @_status_on_error
     def ListPolicies(
@@ -126,7 +150,7 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
         out = []
         for versions in self.registry.list():
             latest: PolicyVersion = versions[-1]
-            il = latest.checkpoint.inner_loop
+            il = latest.inner_loop
             out.append(
                 pb.Policy(
                     name=latest.name,
@@ -154,11 +178,20 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
     def CreateSession(
         self, request: pb.CreateSessionRequest, context: Any
     ) -> pb.CreateSessionResponse:
-        if not request.policy:
-            raise InvalidArgument("policy is required: name one of ListPolicies' policies")
-        pv = self.registry.get(request.policy, request.version)
+        pv = self.registry.acquire(request.policy, request.version)
         seed = request.seed if request.HasField("seed") else None
-        s = self.sessions.create(pv, seed, request.record)
+        try:
+            s = self.sessions.create(pv, seed, request.record)
+        except BaseException:
+            self.registry.release(pv)
+            raise
+        self.metrics.sessions_created.inc()
+        log.info(
+            "session %s created on %s",
+            s.id,
+            pv.key,
+            extra={"session": s.id, "policy": pv.name, "version": pv.version},
+        )
         return pb.CreateSessionResponse(session=self._session_proto(s))
 
     @_status_on_error
@@ -173,10 +206,12 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
     ) -> pb.ResetSessionResponse:
         s = self.sessions.get(request.session_id)
         with s.lock:
-            s.params = s.policy.checkpoint.params
+            s.params = s.policy.params
             s.adaptation_steps = s.adaptations = 0
+            s.generation += 1
             if s.recording is not None:
-                s.recording = type(s.recording)()
+                s.recording = type(s.recording)(s.recording.max_transitions)
+        self.sessions.save(s)
         return pb.ResetSessionResponse(session=self._session_proto(s))
 
     @_status_on_error
@@ -192,7 +227,7 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
         obs, single = validation.observations(
             request.observations, s.policy, self.limits.max_batch_size
         )
-        feedback = request.feedback if request.HasField("feedback") else None
+        feedback = validation.feedback(request.feedback) if request.HasField("feedback") else None
         if feedback is not None and not single:
             raise InvalidArgument("feedback goes with single-observation Act calls only")
         acts, logp = self._act(s, obs, request.deterministic)
@@ -207,13 +242,18 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
         session: Session | None = None
         try:
             for req in request_iterator:
-                if session is None or (req.session_id and req.session_id != session.id):
+                if session is None:
                     if not req.session_id:
                         raise InvalidArgument("the first StreamAct message must name session_id")
                     session = self.sessions.get(req.session_id)
                 else:
+                    if req.session_id and req.session_id != session.id:
+                        raise InvalidArgument(
+                            "a StreamAct stream serves one session: open another stream for "
+                            "another session"
+                        )
                     session = self.sessions.get(session.id)  # still alive, and keeps it so
-                feedback = req.feedback if req.HasField("feedback") else None
+                feedback = validation.feedback(req.feedback) if req.HasField("feedback") else None
                 if not req.HasField("observation"):
                     self._record(session, feedback, None, None)
                     continue
@@ -221,12 +261,18 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
                     req.observation, session.policy, 1, "observation"
                 )
                 if not single:
-                    raise InvalidArgument("StreamAct takes one observation per message")
+                    raise InvalidArgument(
+                        "StreamAct takes one observation per message, shape "
+                        f"{list(session.policy.observation_space.shape)}"
+                    )
                 acts, logp = self._act(session, obs, req.deterministic)
                 self._record(session, feedback, obs, acts)
                 yield pb.StreamActResponse(action=to_tensor(acts[0]), log_prob=float(logp[0]))
         except ServiceError as exc:
             context.abort(exc.code, str(exc))
+        except Exception:
+            log.exception("unexpected error in StreamAct")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
 
     @_status_on_error
     def ReportFeedback(
@@ -235,7 +281,9 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
         s = self.sessions.get(request.session_id)
         if s.recording is None:
             raise FailedPrecondition("the session does not record: create it with record=true")
-        self._record(s, request.feedback, None, None)
+        if not request.HasField("feedback"):
+            raise InvalidArgument("feedback is required: the reward and done flags of the step")
+        self._record(s, validation.feedback(request.feedback), None, None)
         return pb.ReportFeedbackResponse(session=self._session_proto(s))
 
     @_status_on_error
@@ -243,51 +291,97 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
         start = time.perf_counter()
         s = self.sessions.get(request.session_id)
         pv = s.policy
-        ckpt = pv.checkpoint
-        steps = request.steps if request.HasField("steps") else ckpt.inner_loop.steps
+        steps = request.steps if request.HasField("steps") else pv.inner_loop.steps
         if not 1 <= steps <= self.limits.max_adapt_steps:
             raise InvalidArgument(
                 f"steps must be between 1 and {self.limits.max_adapt_steps}, got {steps}"
             )
+        recorded: list[RecordedEpisode] = []
         if request.episodes:
             eps = validation.episodes(list(request.episodes), pv, self.limits.max_transitions)
+            validation.check_padded(eps, self.limits.max_transitions)
         else:
-            eps = self._recorded_episodes(s)
-        batch = inner_loop.prepare(inner_loop.pad_episodes(eps), ckpt.inner_loop)
-        lr = ckpt.learning_rates if ckpt.learning_rates is not None else ckpt.inner_loop.lr
-        params = s.params
-        with torch.no_grad():
-            loss_before = inner_loop.reinforce_loss(
-                pv.spec, policies.stack(pv.spec, params, 1), batch
-            ).item()
-        adapted = inner_loop.adapt(pv.spec, params, batch, lr=lr, steps=steps)
-        with torch.no_grad():
-            loss_after = inner_loop.reinforce_loss(pv.spec, adapted, batch).item()
-        new_params = {k: v[0].contiguous() for k, v in adapted.items()}
-        if not all(torch.isfinite(v).all() for v in new_params.values()):
-            raise FailedPrecondition(
-                "adaptation diverged (non-finite parameters); the session "
-                "keeps its parameters: send fewer steps or other data"
-            )
+            eps, recorded = self._recorded_episodes(s)
         with s.lock:
-            s.params = new_params
-            s.adaptation_steps += steps
-            s.adaptations += 1
-            if not request.episodes and s.recording is not None:
-                s.recording = type(s.recording)()
+            if s.adapting:
+                self.metrics.adaptations.labels("busy").inc()
+                raise Aborted(
+                    "another Adapt on this session is still running: wait for its answer, then "
+                    "retry"
+                )
+            s.adapting = True
+            params, generation = s.params, s.generation
+        try:
+            result = self._run_adaptation(pv, params, eps, steps, context)
+            with s.lock:
+                if s.generation != generation:
+                    raise Aborted(
+                        "the session was reset while adapting; its parameters were not changed"
+                    )
+                if not context.is_active():
+                    self.metrics.adaptations.labels("cancelled").inc()
+                    raise Aborted("the call ended before the adaptation finished; not applied")
+                s.params = result.params  # the swap: one reference assignment
+                s.adaptation_steps += steps
+                s.adaptations += 1
+                if recorded and s.recording is not None:
+                    s.recording.consume(recorded)
+        finally:
+            with s.lock:
+                s.adapting = False
+        self.sessions.save(s)
+        self.metrics.adaptations.labels("ok").inc()
+        self.metrics.adapt_seconds.observe(result.compute_seconds)
+        log.info(
+            "session %s adapted: %d step(s) on %d transitions, loss %.4g -> %.4g",
+            s.id,
+            steps,
+            result.transitions,
+            result.loss_before,
+            result.loss_after,
+            extra={"session": s.id},
+        )
         stats = pb.AdaptStats(
             steps=steps,
-            loss_before=loss_before,
-            loss_after=loss_after,
-            transitions=int(batch.mask.sum().item()),
+            loss_before=result.loss_before,
+            loss_after=result.loss_after,
+            transitions=result.transitions,
             episodes=len(eps),
             duration_seconds=time.perf_counter() - start,
         )
         return pb.AdaptResponse(stats=stats, session=self._session_proto(s))
 
+    def _run_adaptation(
+        self,
+        pv: PolicyVersion,
+        params: np.ndarray,
+        eps: list[validation.Episode],
+        steps: int,
+        context: Any,
+    ) -> Any:
+        ckpt = pv.checkpoint
+        job = AdaptJob(ckpt.spec, ckpt.inner_loop, ckpt.learning_rates, params, eps, steps)
+        remaining = context.time_remaining()
+        try:
+            return self.adapter.adapt(job, timeout=remaining)
+        except ResourceExhausted:
+            self.metrics.adaptations.labels("rejected").inc()
+            raise
+        except AdaptationError as exc:
+            self.metrics.adaptations.labels(exc.kind).inc()
+            if exc.kind == "invalid":
+                raise InvalidArgument(str(exc)) from None
+            raise FailedPrecondition(str(exc)) from None
+        except TimeoutError:
+            self.metrics.adaptations.labels("timeout").inc()
+            raise Aborted("the call's deadline passed before the adaptation finished") from None
+        except ServiceError:
+            self.metrics.adaptations.labels("error").inc()
+            raise
+
     def _recorded_episodes(
         self, s: Session
-    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    ) -> tuple[list[validation.Episode], list[RecordedEpisode]]:
         if s.recording is None:
             raise FailedPrecondition(
                 "no episodes sent and the session does not record: send "
@@ -299,24 +393,26 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
             raise FailedPrecondition(
                 "no episodes sent and nothing recorded yet: act with feedback (rewards) first"
             )
-        while (
-            len(recorded) > 1
-            and sum(len(e.rewards) for e in recorded) > self.limits.max_transitions
-        ):
-            recorded.pop(0)  # keep the newest episodes that fit the limit
-        discrete = isinstance(s.policy.action_space, gym.spaces.Discrete)
-        return [
+
+        def too_big(eps: list[RecordedEpisode]) -> bool:
+            total = sum(len(e.rewards) for e in eps)
+            padded = len(eps) * max(len(e.rewards) for e in eps)
+            return total > self.limits.max_transitions or padded > 2 * self.limits.max_transitions
+
+        while len(recorded) > 1 and too_big(recorded):
+            recorded.pop(0)  # keep the newest episodes that fit the limits
+        used = list(recorded)  # what the recording forgets once the adaptation is applied
+        if too_big(recorded):  # one episode longer than the limit: its newest steps
+            e, n = recorded[0], self.limits.max_transitions
+            recorded[0] = RecordedEpisode(e.observations[-n:], e.actions[-n:], e.rewards[-n:])
+        space = s.policy.action_space
+        start = int(space.start) if isinstance(space, gym.spaces.Discrete) else 0
+        eps = [
             (
-                torch.as_tensor(np.stack(e.observations)),
-                torch.as_tensor(
-                    np.stack(e.actions)
-                    - (
-                        int(s.policy.action_space.start)  # type: ignore[attr-defined]
-                        if discrete
-                        else 0
-                    )
-                ),
-                torch.as_tensor(e.rewards, dtype=torch.float32),
+                np.stack(e.observations).astype(np.float32),
+                np.stack(e.actions) - start if start else np.stack(e.actions),
+                np.asarray(e.rewards, dtype=np.float32),
             )
             for e in recorded
         ]
+        return eps, used

@@ -1,5 +1,8 @@
 """Checks requests against a policy's spaces and limits; failures are InvalidArgument (or
-ResourceExhausted for size limits) with a message that says what to send instead."""
+ResourceExhausted for size limits) with a message that says what to send instead.
+
+Everything here is numpy: the serving process does not import torch.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
@@ -16,27 +18,48 @@ from metarl_client.tensors import TensorError, from_tensor
 from metarl_server.errors import InvalidArgument, ResourceExhausted
 from metarl_server.registry import PolicyVersion
 
+MAX_RANK = 8
+"""No tensor of the contract has more dimensions than this."""
+
+Episode = tuple[NDArray[np.float32], NDArray[Any], NDArray[np.float32]]
+
 
 def decode(tensor: tensor_pb2.Tensor, name: str) -> NDArray[Any]:
+    if len(tensor.shape) > MAX_RANK:
+        raise InvalidArgument(
+            f"{name}: shape has {len(tensor.shape)} dimensions; no tensor here has more than "
+            f"{MAX_RANK}"
+        )
     try:
         return from_tensor(tensor, name)
     except TensorError as exc:
         raise InvalidArgument(str(exc)) from None
+    except ValueError as exc:  # numpy refusing the shape (e.g. [0, 2**62]: "array is too big")
+        raise InvalidArgument(f"{name}: shape {list(tensor.shape)} is not usable: {exc}") from None
 
 
-def _check_finite(arr: NDArray[Any], name: str) -> None:
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise InvalidArgument(f"{name} contain NaN or infinite values")
+def _to_float32(arr: NDArray[Any], name: str) -> NDArray[np.float32]:
+    """``arr`` as float32, refusing NaN, infinities, and values float32 cannot hold."""
+    if arr.dtype.kind not in "fiu":
+        raise InvalidArgument(f"{name} must be numbers (DTYPE_FLOAT32 or DTYPE_FLOAT64)")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(np.float32, copy=arr.dtype != np.float32)
+    if not np.isfinite(out).all():
+        what = "NaN or infinite values" if arr.dtype.kind == "f" else "values too large"
+        if arr.dtype.kind == "f" and np.isfinite(arr).all():
+            what = "values too large for float32"
+        raise InvalidArgument(f"{name} contain {what}")
+    return out
 
 
 def observations(
     tensor: tensor_pb2.Tensor, policy: PolicyVersion, max_batch: int, name: str = "observations"
-) -> tuple[torch.Tensor, bool]:
+) -> tuple[NDArray[np.float32], bool]:
     """A float32 batch ``[B, obs_dim]`` and whether the request sent a single observation."""
     arr = decode(tensor, name)
-    obs_shape = tuple(policy.observation_space.shape)
+    obs_shape = policy.observation_space.shape
     if arr.shape == obs_shape:
-        single, arr = True, arr[None]
+        single, arr = True, arr.reshape(1, -1)
     elif arr.ndim == len(obs_shape) + 1 and arr.shape[1:] == obs_shape:
         single = False
     else:
@@ -51,17 +74,19 @@ def observations(
             f"{name}: batch of {arr.shape[0]} exceeds the server's limit of {max_batch}; "
             "split it into smaller Act calls"
         )
-    _check_finite(arr, name)
-    return torch.tensor(arr.reshape(arr.shape[0], -1), dtype=torch.float32), single
+    return _to_float32(arr.reshape(arr.shape[0], -1), name), single
 
 
-def actions(arr: NDArray[Any], policy: PolicyVersion, steps: int, name: str) -> torch.Tensor:
+def actions(arr: NDArray[Any], policy: PolicyVersion, steps: int, name: str) -> NDArray[Any]:
+    """Actions of an episode: int64 indices from 0 (discrete) or float32 ``[T, action_dim]``."""
     space = policy.action_space
     if isinstance(space, gym.spaces.Discrete):
-        if arr.dtype.kind == "f":
-            if not np.isfinite(arr).all() or not (arr == np.round(arr)).all():
-                raise InvalidArgument(f"{name}: discrete actions must be integers")
-            arr = arr.astype(np.int64)
+        if arr.dtype.kind == "f" and (
+            not np.isfinite(arr).all() or not (arr == np.round(arr)).all()
+        ):
+            raise InvalidArgument(
+                f"{name}: the policy's actions are discrete; send integer action indices"
+            )
         if arr.shape != (steps,):
             raise InvalidArgument(
                 f"{name} must have shape [{steps}] (one action index per "
@@ -73,17 +98,14 @@ def actions(arr: NDArray[Any], policy: PolicyVersion, steps: int, name: str) -> 
                 f"{name}: actions must lie in [{lo}, {hi - 1}], got values "
                 f"from {arr.min()} to {arr.max()}"
             )
-        return torch.tensor(arr - lo, dtype=torch.int64)
+        return arr.astype(np.int64) - lo
     shape = (steps, *space.shape)  # type: ignore[misc]
     if arr.shape != shape:
         raise InvalidArgument(f"{name} must have shape {list(shape)}, got {list(arr.shape)}")
-    _check_finite(arr, name)
-    return torch.tensor(arr.reshape(steps, -1), dtype=torch.float32)
+    return _to_float32(arr.reshape(steps, -1), name)
 
 
-def episodes(
-    msgs: list[pb.Episode], policy: PolicyVersion, max_transitions: int
-) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def episodes(msgs: list[pb.Episode], policy: PolicyVersion, max_transitions: int) -> list[Episode]:
     """Decoded, checked episodes ``(observations, actions, rewards)``."""
     out = []
     total = 0
@@ -102,20 +124,40 @@ def episodes(
                 f"episodes hold more than the server's limit of "
                 f"{max_transitions} transitions per Adapt call; send fewer"
             )
-        _check_finite(rewards, f"{where}.rewards")
         obs = decode(ep.observations, f"{where}.observations")
         if obs.shape != (steps, *obs_shape):
             raise InvalidArgument(
                 f"{where}.observations must have shape "
                 f"{[steps, *obs_shape]} (one per reward), got {list(obs.shape)}"
             )
-        _check_finite(obs, f"{where}.observations")
         acts = actions(decode(ep.actions, f"{where}.actions"), policy, steps, f"{where}.actions")
         out.append(
             (
-                torch.tensor(obs.reshape(steps, -1), dtype=torch.float32),
+                _to_float32(obs.reshape(steps, -1), f"{where}.observations"),
                 acts,
-                torch.tensor(rewards, dtype=torch.float32),
+                _to_float32(rewards, f"{where}.rewards"),
             )
         )
     return out
+
+
+def padded_size(eps: list[Episode]) -> int:
+    """Steps the inner loop computes on: episodes are padded to the longest one."""
+    return len(eps) * max(len(r) for _, _, r in eps)
+
+
+def check_padded(eps: list[Episode], max_transitions: int) -> None:
+    limit = 2 * max_transitions
+    if padded_size(eps) > limit:
+        longest = max(len(r) for _, _, r in eps)
+        raise ResourceExhausted(
+            f"{len(eps)} episodes padded to the longest ({longest} steps) exceed the server's "
+            f"limit of {limit} padded steps per Adapt call; send episodes of similar lengths, "
+            "or fewer of them"
+        )
+
+
+def feedback(fb: pb.StepFeedback) -> pb.StepFeedback:
+    if not np.isfinite(fb.reward):
+        raise InvalidArgument(f"feedback.reward must be a finite number, got {fb.reward}")
+    return fb

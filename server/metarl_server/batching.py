@@ -1,0 +1,165 @@
+"""Batches concurrent ``Act`` calls into one forward pass over stacked per-session parameters.
+
+No timer: the first call that finds the batcher idle computes at once (a lone request is never
+delayed). Calls arriving while a forward pass runs queue up; when the pass ends, its leader hands
+the queue to one of the waiting threads, which computes all of them in one pass (``baddbmm``-like
+batched matmuls over the sessions' stacked parameters) and wakes the others. So the wait of a
+batched call is bounded by one forward pass, and under load batches grow by themselves.
+
+Forward passes and sampling are serialized here, which also makes each session's generator
+single-threaded.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from metarl_server.errors import InvalidArgument
+from metarl_server.registry import PolicyVersion
+
+STACK_MAX_ROWS = 16
+"""Calls with more observations than this run on their own (padding would waste work)."""
+
+
+@dataclass(eq=False)
+class ActJob:
+    policy: PolicyVersion
+    params: NDArray[np.float32]
+    obs: NDArray[np.float32]
+    deterministic: bool
+    rng: np.random.Generator
+    actions: NDArray[Any] | None = None
+    log_probs: NDArray[np.float32] | None = None
+    error: Exception | None = None
+    event: threading.Event | None = field(default=None, repr=False)
+    handoff: list[ActJob] | None = field(default=None, repr=False)
+    """Set when this job's thread becomes the leader: the batch it must compute."""
+
+
+class ActBatcher:
+    def __init__(
+        self,
+        max_batch: int = 64,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """``max_batch``: most calls per forward pass. ``on_batch(calls, sessions)`` hears of
+        every pass (metrics)."""
+        self.max_batch = max_batch
+        self.on_batch = on_batch
+        self._lock = threading.Lock()
+        self._queue: list[ActJob] = []
+        self._busy = False
+
+    def run(self, job: ActJob) -> tuple[NDArray[Any], NDArray[np.float32]]:
+        """Computes ``job`` (alone or batched with concurrent jobs) and returns its actions and
+        log-probabilities."""
+        with self._lock:
+            if self._busy:
+                job.event = threading.Event()
+                self._queue.append(job)
+                batch = None
+            else:
+                self._busy = True
+                batch = [job]
+        if batch is None:
+            assert job.event is not None
+            job.event.wait()
+            batch = job.handoff
+        if batch is not None:  # this thread leads: compute, then hand over what queued meanwhile
+            self._compute(batch)
+            self._hand_over()
+        if job.error is not None:
+            raise job.error
+        assert job.actions is not None and job.log_probs is not None
+        return job.actions, job.log_probs
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            if not self._queue:
+                self._busy = False
+                return
+            batch = self._queue[: self.max_batch]
+            del self._queue[: self.max_batch]
+        leader = batch[0]
+        leader.handoff = batch
+        assert leader.event is not None
+        leader.event.set()
+
+    def _compute(self, batch: list[ActJob]) -> None:
+        try:
+            if len(batch) == 1:
+                _compute_one(batch[0])
+                sessions = 1
+            else:
+                sessions = self._compute_many(batch)
+            if self.on_batch is not None:
+                self.on_batch(len(batch), sessions)
+        except Exception as exc:  # never leave a waiting thread without an answer
+            for job in batch:
+                if job.actions is None and job.error is None:
+                    job.error = exc
+        finally:
+            for job in batch[1:]:
+                if job.event is not None:
+                    job.event.set()
+
+    @staticmethod
+    def _compute_many(batch: list[ActJob]) -> int:
+        groups: dict[int, list[ActJob]] = {}
+        sessions = 0
+        for job in batch:
+            if job.obs.shape[0] > STACK_MAX_ROWS:
+                _compute_one(job)
+                sessions += 1
+            else:
+                groups.setdefault(id(job.policy), []).append(job)
+        for jobs in groups.values():
+            sessions += _compute_group(jobs)
+        return sessions
+
+
+def _finish(job: ActJob, out: NDArray[np.float32]) -> None:
+    if not np.isfinite(out).all():
+        job.error = InvalidArgument(
+            "the policy's output for these observations is not finite: the observations are far "
+            "outside the range the policy was trained on"
+        )
+        return
+    job.actions, job.log_probs = job.policy.policy.act(job.params, out, job.deterministic, job.rng)
+
+
+def _compute_one(job: ActJob) -> None:
+    with np.errstate(all="ignore"):
+        _finish(job, job.policy.policy.forward(job.params, job.obs))
+
+
+def _compute_group(jobs: list[ActJob]) -> int:
+    """One forward pass for jobs on the same policy version; returns the distinct parameter
+    sets (sessions that have not adapted share the version's θ and are simply concatenated)."""
+    policy = jobs[0].policy.policy
+    distinct: dict[int, NDArray[np.float32]] = {}
+    for job in jobs:
+        distinct.setdefault(id(job.params), job.params)
+    with np.errstate(all="ignore"):
+        if len(distinct) == 1:
+            out = policy.forward(jobs[0].params, np.concatenate([j.obs for j in jobs]))
+            start = 0
+            for job in jobs:
+                n = job.obs.shape[0]
+                _finish(job, out[start : start + n])
+                start += n
+            return 1
+        rows = max(j.obs.shape[0] for j in jobs)
+        obs = np.zeros((len(jobs), rows, jobs[0].obs.shape[1]), np.float32)
+        for i, job in enumerate(jobs):
+            obs[i, : job.obs.shape[0]] = job.obs
+        outs = policy.forward_stacked(np.stack([j.params for j in jobs]), obs)
+        for i, job in enumerate(jobs):
+            _finish(job, outs[i, : job.obs.shape[0]])
+    return len(distinct)

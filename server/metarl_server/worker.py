@@ -1,0 +1,189 @@
+"""What runs in the adaptation process: loading checkpoints and the inner loop (torch).
+
+The serving process stays free of torch (it acts in numpy, see :mod:`metarl_server.numpy_policy`):
+torch alone costs ~220 MB of resident memory and ``torch.func`` another ~70 MB, and an adaptation
+in a thread of the serving process would hold the GIL that every ``Act`` needs. These functions
+take and return plain picklable values (numpy arrays, dicts, floats) so they run the same in a
+spawned process or, with ``--adapt-processes 0``, in a thread of the serving process.
+
+The inner loop is :mod:`metarl.inner_loop`'s, called exactly as the trainer calls it
+(``prepare(pad_episodes(...))`` then ``adapt``), so the same data gives the same θ'.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+Episodes = list[tuple[NDArray[Any], NDArray[Any], NDArray[np.float32]]]
+
+
+class AdaptationError(Exception):
+    """The inner loop could not produce usable parameters from the data (not a server bug)."""
+
+    def __init__(self, message: str, kind: str = "diverged") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep ``kind`` across the process boundary
+        return (type(self), (str(self), self.kind))
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A verified checkpoint as plain values: what the serving process keeps of it."""
+
+    name: str
+    version: str
+    env_id: str
+    spec: dict[str, Any]
+    inner_loop: dict[str, Any]
+    params: NDArray[np.float32]
+    """θ flattened in ``PolicySpec.param_shapes()`` order."""
+    learning_rates: NDArray[np.float32] | None
+    """Meta-SGD per-parameter learning rates, flattened like ``params``; None for a scalar lr."""
+    param_shapes: list[tuple[str, tuple[int, ...]]]
+    training: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+
+
+@dataclass
+class AdaptJob:
+    spec: dict[str, Any]
+    inner_loop: dict[str, Any]
+    learning_rates: NDArray[np.float32] | None
+    params: NDArray[np.float32]
+    episodes: Episodes
+    """``(observations [T, obs_dim] f32, actions [T] i64 or [T, A] f32, rewards [T] f32)``."""
+    steps: int
+
+
+@dataclass
+class AdaptResult:
+    params: NDArray[np.float32]
+    loss_before: float
+    loss_after: float
+    transitions: int
+    compute_seconds: float
+
+
+def init(torch_threads: int = 1, warm_up: bool = True) -> None:
+    """Process initializer: few torch threads (adaptation shares the machine with serving) and a
+    warm-up adaptation, so ``torch.func``'s lazy initialisation (~1 s) is not paid by the first
+    client's ``Adapt``."""
+    import torch
+
+    torch.set_num_threads(max(1, torch_threads))
+    if warm_up:
+        warm_up_inner_loop()
+
+
+def warm_up_inner_loop() -> None:
+    from metarl.policies import PolicySpec, init_params
+
+    spec = PolicySpec(obs_dim=2, action_dim=2, distribution="gaussian", hidden_sizes=(4,))
+    params = _flatten(spec, init_params(spec)).numpy()
+    rng = np.random.default_rng(0)
+    eps = [
+        (
+            rng.standard_normal((3, 2), dtype=np.float32),
+            rng.standard_normal((3, 2), dtype=np.float32),
+            rng.standard_normal(3, dtype=np.float32),
+        )
+    ]
+    adapt(AdaptJob(spec.to_dict(), {"lr": 0.1, "steps": 1}, None, params, eps, 1))
+
+
+def ping() -> bool:
+    return True
+
+
+def load(path: str | Path) -> LoadedCheckpoint:
+    """Loads and verifies a checkpoint (``metarl.checkpoint.load_checkpoint``: SHA-256,
+    architecture, finite values); raises ``CheckpointError`` saying why not."""
+    from metarl.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    lrs = _flatten(ckpt.spec, ckpt.learning_rates).numpy() if ckpt.learning_rates else None
+    return LoadedCheckpoint(
+        name=ckpt.name,
+        version=ckpt.version,
+        env_id=ckpt.env_id,
+        spec=ckpt.spec.to_dict(),
+        inner_loop=ckpt.inner_loop.to_dict(),
+        params=_flatten(ckpt.spec, ckpt.params).numpy(),
+        learning_rates=lrs,
+        param_shapes=list(ckpt.spec.param_shapes().items()),
+        training=ckpt.training,
+        created_at=ckpt.created_at,
+    )
+
+
+def adapt(job: AdaptJob) -> AdaptResult:
+    """``job.steps`` inner steps from ``job.params`` on ``job.episodes``; raises
+    :class:`AdaptationError` when the loss or the new parameters are not finite."""
+    import torch
+
+    from metarl import inner_loop, policies
+    from metarl.inner_loop import InnerLoopConfig
+    from metarl.policies import PolicySpec
+
+    start = time.perf_counter()
+    spec = PolicySpec.from_dict(job.spec)
+    config = InnerLoopConfig.from_dict(job.inner_loop)
+    params = _unflatten(spec, torch.from_numpy(job.params))
+    lr: float | dict[str, torch.Tensor] = (
+        _unflatten(spec, torch.from_numpy(job.learning_rates))
+        if job.learning_rates is not None
+        else config.lr
+    )
+    episodes = [
+        (torch.from_numpy(o), torch.from_numpy(a), torch.from_numpy(r)) for o, a, r in job.episodes
+    ]
+    batch = inner_loop.prepare(inner_loop.pad_episodes(episodes), config)
+    with torch.no_grad():
+        loss_before = inner_loop.reinforce_loss(spec, policies.stack(spec, params, 1), batch)
+    if not torch.isfinite(loss_before).all():
+        raise AdaptationError(
+            "the inner loss of the current parameters on these episodes is not finite: "
+            "observations or rewards are too large for the policy (scale them down)",
+            kind="invalid",
+        )
+    adapted = inner_loop.adapt(spec, params, batch, lr=lr, steps=job.steps)
+    with torch.no_grad():
+        loss_after = inner_loop.reinforce_loss(spec, adapted, batch)
+    flat = _flatten(spec, {k: v[0] for k, v in adapted.items()})
+    if not (torch.isfinite(flat).all() and torch.isfinite(loss_after).all()):
+        raise AdaptationError(
+            "adaptation diverged (non-finite parameters); the session keeps its parameters: "
+            "ask for fewer steps or send other episodes"
+        )
+    return AdaptResult(
+        params=flat.numpy(),
+        loss_before=float(loss_before.item()),
+        loss_after=float(loss_after.item()),
+        transitions=int(batch.mask.sum().item()),
+        compute_seconds=time.perf_counter() - start,
+    )
+
+
+def _flatten(spec: Any, params: dict[str, Any]) -> Any:
+    import torch
+
+    return torch.cat(
+        [params[name].detach().reshape(-1).float() for name in spec.param_shapes()]
+    ).contiguous()
+
+
+def _unflatten(spec: Any, flat: Any) -> dict[str, Any]:
+    out, start = {}, 0
+    for name, shape in spec.param_shapes().items():
+        n = int(np.prod(shape))
+        out[name] = flat[start : start + n].view(shape)
+        start += n
+    return out
