@@ -1,4 +1,4 @@
-"""The ``metarl`` command: ``train``, ``serve``, ``demo``."""
+"""The ``metarl`` command: ``train``, ``eval``, ``serve``, ``demo``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 import tyro
 
 from metarl.demo import DemoConfig
+from metarl.eval import EvalConfig
 from metarl.train import TrainConfig
 
 
@@ -14,16 +15,20 @@ def main(argv: list[str] | None = None) -> None:
     from metarl_server.app import ServeConfig
 
     cfg = tyro.extras.subcommand_cli_from_dict(
-        {"train": TrainConfig, "serve": ServeConfig, "demo": DemoConfig},
+        {"train": TrainConfig, "eval": EvalConfig, "serve": ServeConfig, "demo": DemoConfig},
         args=sys.argv[1:] if argv is None else argv,
         prog="metarl",
-        description="Meta-train, serve and try adaptable RL policies.",
+        description="Meta-train, evaluate, serve and try adaptable RL policies.",
     )
     if isinstance(cfg, TrainConfig):
         from metarl.train import train
 
         ckpt = train(cfg)
         print(f"wrote checkpoint {cfg.out} (policy {ckpt.name} version {ckpt.version})")
+    elif isinstance(cfg, EvalConfig):
+        from metarl.eval import run_eval
+
+        run_eval(cfg)
     elif isinstance(cfg, ServeConfig):
         from metarl_server.app import serve
 

@@ -72,6 +72,11 @@ class BatchedCartPoleFamily(BatchedTaskEnv):
         self._state = rng.uniform(-0.05, 0.05, size=(self.num_envs, 4))
         return self._state.astype(np.float32)
 
+    def reset_envs(self, mask: NDArray[np.bool_], rng: np.random.Generator) -> NDArray[np.float32]:
+        mask = np.asarray(mask, dtype=bool)
+        self._state[mask] = rng.uniform(-0.05, 0.05, size=(int(mask.sum()), 4))
+        return self._state.astype(np.float32)
+
     def step(
         self, actions: NDArray[Any]
     ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]:

@@ -1,0 +1,312 @@
+"""Evaluate a checkpoint: return after 0..K inner steps on held-out tasks, against baselines.
+
+    metarl eval runs/nav --tasks 40 --adapt-steps 3 --seed 7 [--json] [--plot curves.png]
+
+Tasks are drawn from the checkpoint's family with ``--seed`` (from a stream training never
+uses). Every method starts from its own initial parameters and then runs the *same* inner loop
+as the server (:func:`metarl.inner_loop.adapt_on_episodes`, one step at a time): sample
+``episodes_per_task`` episodes per task with the current parameters, record their mean return,
+adapt one step on them, repeat. The methods:
+
+* ``maml``: the checkpoint's meta-trained θ (and its learned inner learning rates, if any);
+* ``pretrained``: a policy trained on all tasks jointly (multi-task REINFORCE with the same loss
+  and Adam, for ``--pretrain-iterations`` iterations, seeded, cached nowhere), then fine-tuned;
+* ``random``: a fresh random initialization, then fine-tuned.
+
+All methods see the same tasks and the same random streams, so their differences are the
+initializations'. The same seed gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import tyro
+
+from metarl import envs, inner_loop, policies
+from metarl.checkpoint import Checkpoint, bundled_checkpoints_dir, load_checkpoint
+from metarl.envs.base import BatchedTaskEnv, Task
+from metarl.inner_loop import InnerLoopConfig
+from metarl.policies import Params, PolicySpec
+from metarl.sampling import episode_returns, sample_episodes
+
+METHODS = ("maml", "pretrained", "random")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a checkpoint's adaptation on held-out tasks against two baselines."""
+
+    checkpoint: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="CHECKPOINT")]
+    """Checkpoint directory, or ``<name>/<version>`` of a bundled one (e.g. navigation-2d/1)."""
+    tasks: int = 40
+    """Held-out tasks to evaluate on."""
+    adapt_steps: int = 3
+    """Inner steps K; returns are reported after 0..K steps."""
+    seed: int = 0
+    """Seeds the held-out tasks, the episodes and the baselines: same seed, same numbers."""
+    episodes_per_task: int | None = None
+    """Episodes per task at each step; default: the checkpoint's training value (else 20)."""
+    json: bool = False
+    """Print one JSON object on stdout instead of the table (progress goes to stderr)."""
+    plot: Path | None = None
+    """Also draw the adaptation curves to this PNG (needs matplotlib: ``metarl[plot]``)."""
+    pretrain_iterations: int = 100
+    """Iterations of joint multi-task training for the ``pretrained`` baseline."""
+    pretrain_tasks: int = 20
+    """Tasks per iteration of the ``pretrained`` baseline's training."""
+    pretrain_lr: float = 1e-2
+    """Adam learning rate of the ``pretrained`` baseline's training."""
+    threads: int = 1
+    """Torch intra-op threads."""
+    quiet: bool = False
+    """No progress messages on stderr."""
+
+
+@dataclass
+class EvalResult:
+    env_id: str
+    num_tasks: int
+    seed: int
+    episodes_per_task: int
+    returns: dict[str, list[float]]
+    """Mean over tasks of each task's mean episode return, after 0..K inner steps."""
+    std: dict[str, list[float]]
+    """Standard deviation over tasks of the same per-task means."""
+    per_task: dict[str, np.ndarray] = field(repr=False)
+    """``[K + 1, num_tasks]`` per-task mean returns."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "env_id": self.env_id,
+            "num_tasks": self.num_tasks,
+            "seed": self.seed,
+            "returns": self.returns,
+            "std": self.std,
+            "adapt_steps": len(next(iter(self.returns.values()))) - 1,
+            "episodes_per_task": self.episodes_per_task,
+        }
+
+
+def _log(cfg: EvalConfig, msg: str) -> None:
+    if not cfg.quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """``path`` itself if it exists, else the bundled checkpoint of that ``name/version``."""
+    if path.exists():
+        return path
+    bundled = bundled_checkpoints_dir() / path
+    if bundled.exists():
+        return bundled
+    raise FileNotFoundError(
+        f"no checkpoint at {path} (nor a bundled one of that name/version under "
+        f"{bundled_checkpoints_dir()}); pass a directory written by `metarl train`"
+    )
+
+
+def adaptation_curve(
+    env: BatchedTaskEnv,
+    spec: PolicySpec,
+    params: Params,
+    tasks: list[Task],
+    inner: InnerLoopConfig,
+    *,
+    steps: int,
+    episodes_per_task: int,
+    lr: float | Params | None,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+) -> np.ndarray:
+    """Per-task mean return ``[steps + 1, len(tasks)]`` after 0..``steps`` inner steps.
+
+    Step ``j`` samples episodes with the parameters adapted ``j`` times and, unless it is the
+    last, adapts once more on exactly those episodes (the server's inner loop)."""
+    current = {k: v.detach() for k, v in params.items()}
+    out = np.zeros((steps + 1, len(tasks)))
+    for j in range(steps + 1):
+        batch = sample_episodes(
+            env, spec, current, tasks, episodes_per_task, rng=rng, generator=generator
+        )
+        out[j] = episode_returns(batch).mean(dim=1).double().numpy()
+        if j < steps:
+            current = inner_loop.adapt_on_episodes(spec, current, batch, inner, lr=lr, steps=1)
+    return out
+
+
+def pretrain_multitask(
+    batched_cls: type[BatchedTaskEnv],
+    spec: PolicySpec,
+    inner: InnerLoopConfig,
+    *,
+    iterations: int,
+    tasks_per_iteration: int,
+    episodes_per_task: int,
+    lr: float,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+) -> Params:
+    """The ``pretrained`` baseline: one policy trained on all tasks jointly with the inner loop's
+    REINFORCE loss (same advantages) and Adam; no adaptation during training."""
+    theta = {k: v.requires_grad_() for k, v in policies.init_params(spec, generator).items()}
+    optimizer = torch.optim.Adam(theta.values(), lr=lr)
+    env = batched_cls(tasks_per_iteration * episodes_per_task)
+    for _ in range(iterations):
+        tasks = batched_cls.sample_tasks(tasks_per_iteration, rng)
+        detached = {k: v.detach() for k, v in theta.items()}
+        batch = sample_episodes(
+            env, spec, detached, tasks, episodes_per_task, rng=rng, generator=generator
+        )
+        stacked = policies.stack(spec, theta, tasks_per_iteration)
+        loss = inner_loop.reinforce_loss(spec, stacked, inner_loop.prepare(batch, inner)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return {k: v.detach() for k, v in theta.items()}
+
+
+def _torch_seed(ss: np.random.SeedSequence) -> int:
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def evaluate(cfg: EvalConfig, ckpt: Checkpoint | None = None) -> EvalResult:
+    """Runs the evaluation ``cfg`` describes (on ``ckpt`` if given, else on ``cfg.checkpoint``)."""
+    if cfg.tasks < 1 or cfg.adapt_steps < 0:
+        raise ValueError("--tasks must be at least 1 and --adapt-steps at least 0")
+    torch.set_num_threads(cfg.threads)
+    if ckpt is None:
+        ckpt = load_checkpoint(resolve_checkpoint(cfg.checkpoint))
+    batched_cls = envs.family(ckpt.env_id).batched_cls
+    spec, inner = ckpt.spec, ckpt.inner_loop
+    episodes = cfg.episodes_per_task or int(ckpt.training.get("episodes_per_task", 20))
+
+    # Independent streams: held-out tasks, episodes (shared by every method), baselines.
+    task_ss, episode_ss, pretrain_ss, random_ss = np.random.SeedSequence(cfg.seed).spawn(4)
+    tasks = batched_cls.sample_tasks(cfg.tasks, np.random.default_rng(task_ss))
+
+    inits: dict[str, tuple[Params, float | Params | None]] = {
+        "maml": (ckpt.params, ckpt.learning_rates),
+    }
+    _log(cfg, f"pretrained baseline: {cfg.pretrain_iterations} iterations of multi-task training")
+    inits["pretrained"] = (
+        pretrain_multitask(
+            batched_cls,
+            spec,
+            inner,
+            iterations=cfg.pretrain_iterations,
+            tasks_per_iteration=cfg.pretrain_tasks,
+            episodes_per_task=episodes,
+            lr=cfg.pretrain_lr,
+            rng=np.random.default_rng(pretrain_ss),
+            generator=torch.Generator().manual_seed(_torch_seed(pretrain_ss)),
+        ),
+        None,
+    )
+    random_gen = torch.Generator().manual_seed(_torch_seed(random_ss))
+    inits["random"] = (policies.init_params(spec, random_gen), None)
+
+    env = batched_cls(cfg.tasks * episodes)
+    per_task: dict[str, np.ndarray] = {}
+    for method in METHODS:
+        _log(cfg, f"{method}: {cfg.tasks} tasks x {episodes} episodes, {cfg.adapt_steps} steps")
+        params, lr = inits[method]
+        per_task[method] = adaptation_curve(
+            env,
+            spec,
+            params,
+            tasks,
+            inner,
+            steps=cfg.adapt_steps,
+            episodes_per_task=episodes,
+            lr=lr,
+            rng=np.random.default_rng(episode_ss),
+            generator=torch.Generator().manual_seed(_torch_seed(episode_ss)),
+        )
+    return EvalResult(
+        env_id=ckpt.env_id,
+        num_tasks=cfg.tasks,
+        seed=cfg.seed,
+        episodes_per_task=episodes,
+        returns={m: [round(float(x), 4) for x in r.mean(axis=1)] for m, r in per_task.items()},
+        std={m: [round(float(x), 4) for x in r.std(axis=1)] for m, r in per_task.items()},
+        per_task=per_task,
+    )
+
+
+def format_table(result: EvalResult) -> str:
+    steps = len(result.returns["maml"])
+    header = ["method", *(f"{j} step{'s' * (j != 1)}" for j in range(steps))]
+    rows = [
+        [
+            m,
+            *(
+                f"{mu:.2f} ± {sd:.2f}"
+                for mu, sd in zip(result.returns[m], result.std[m], strict=True)
+            ),
+        ]
+        for m in result.returns
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        f"{result.env_id}: mean ± std over {result.num_tasks} held-out tasks (seed {result.seed}) "
+        f"of the mean return of {result.episodes_per_task} episodes, after 0..{steps - 1} "
+        "inner steps",
+        "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
+    ]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def plot_curves(result: EvalResult, path: Path) -> None:
+    """Mean return (± one std over tasks, shaded) against inner steps, one line per method."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise SystemExit(
+            "--plot needs matplotlib: pip install 'metarl[plot]' (or drop --plot)"
+        ) from exc
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    FigureCanvasAgg(fig)  # the Agg backend, without pyplot's global state
+    ax = fig.add_subplot()
+    for method, means in result.returns.items():
+        x = np.arange(len(means))
+        mu, sd = np.array(means), np.array(result.std[method])
+        ax.plot(x, mu, marker="o", label=method)
+        ax.fill_between(x, mu - sd, mu + sd, alpha=0.15)
+    ax.set_xticks(np.arange(len(result.returns["maml"])))
+    ax.set_xlabel("inner gradient steps")
+    ax.set_ylabel("mean episode return")
+    ax.set_title(f"{result.env_id}, {result.num_tasks} held-out tasks, seed {result.seed}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def run_eval(cfg: EvalConfig) -> EvalResult:
+    """The ``metarl eval`` command: evaluate, then print the table or the JSON, and plot."""
+    result = evaluate(cfg)
+    if cfg.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(format_table(result))
+    if cfg.plot is not None:
+        plot_curves(result, cfg.plot)
+        _log(cfg, f"wrote {cfg.plot}")
+    return result
+
+
+def main() -> None:
+    run_eval(tyro.cli(EvalConfig))
+
+
+if __name__ == "__main__":
+    main()
