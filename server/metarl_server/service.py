@@ -258,7 +258,7 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
                     self._record(session, feedback, None, None)
                     continue
                 obs, single = validation.observations(
-                    req.observation, session.policy, 1, "observation"
+                    req.observation, session.policy, self.limits.max_batch_size, "observation"
                 )
                 if not single:
                     raise InvalidArgument(
@@ -361,7 +361,9 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
     ) -> Any:
         ckpt = pv.checkpoint
         job = AdaptJob(ckpt.spec, ckpt.inner_loop, ckpt.learning_rates, params, eps, steps)
-        remaining = context.time_remaining()
+        remaining = context.time_remaining()  # huge without a deadline
+        if remaining is not None and remaining > 86_400:
+            remaining = None
         try:
             return self.adapter.adapt(job, timeout=remaining)
         except ResourceExhausted:
