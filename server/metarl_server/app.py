@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -423,15 +424,17 @@ def serve(cfg: ServeConfig) -> None:
 
     adapter = Adapter(cfg.adapt_processes, cfg.threads, cfg.max_pending_adaptations)
     try:
-        adapter.start()
         registry = PolicyRegistry(adapter.load)
         server, port = create_server(f"{cfg.host}:{cfg.port}", registry, cfg, adapter=adapter)
     except BaseException:
         adapter.close()
         raise
-    server.start()  # health NOT_SERVING until the policies are loaded
+    server.start()  # health NOT_SERVING until the workers are up and the policies loaded
     print(f"metarl server listening on port {port}", flush=True)
     try:
+        started = time.perf_counter()
+        adapter.start()
+        log.info("adaptation workers ready in %.1f s", time.perf_counter() - started)
         loaded = build_into(registry, cfg)
     except Exception as exc:
         server.stop(0).wait()
