@@ -1,9 +1,19 @@
-"""Synchronous client for ``metarl.v1.PolicyService``."""
+"""Synchronous client for ``metarl.v1.PolicyService``.
+
+>>> from metarl_client import PolicyClient
+>>> with PolicyClient("localhost:50051") as client:
+...     with client.create_session("cartpole-family", seed=0) as session:
+...         action = session.act(obs)              # int for a discrete action space
+...         stats = session.adapt(episodes)        # theta' for this client's task
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
@@ -11,48 +21,96 @@ import grpc
 import numpy as np
 from numpy.typing import NDArray
 
+from metarl_client import _protocol as proto
 from metarl_client import errors
+from metarl_client._channel import TLS, sync_channel
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.proto.metarl.v1 import policy_service_pb2_grpc as pb_grpc
 from metarl_client.tensors import from_tensor, to_tensor
 from metarl_client.types import AdaptStats, Episode, PolicyInfo, SessionInfo
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
-"""Deadline of every call but Adapt, in seconds."""
+"""Deadline of every call but Adapt, in seconds (and of each step of a stream)."""
 DEFAULT_ADAPT_TIMEOUT = 120.0
 """Deadline of Adapt, in seconds."""
 
 
 class ActResult(NamedTuple):
+    """What ``act_batch`` returns."""
+
     actions: NDArray[Any]
     """``[batch, *action_shape]``: integers for discrete actions, floats for box actions."""
     log_probs: NDArray[np.float32]
-    """``[batch]`` log-probability of each action."""
+    """``[batch]`` log-probability of each action under the session's parameters."""
+
+
+def _concat(results: list[ActResult]) -> ActResult:
+    if len(results) == 1:
+        return results[0]
+    return ActResult(
+        np.concatenate([r.actions for r in results]),
+        np.concatenate([r.log_probs for r in results]),
+    )
+
+
+def _act_result(resp: pb.ActResponse) -> ActResult:
+    return ActResult(
+        np.array(from_tensor(resp.actions, "actions")),
+        np.array(from_tensor(resp.log_probs, "log_probs")),
+    )
 
 
 class PolicyClient:
-    """A connection to a policy server.
+    """A connection to a policy server (``metarl serve``).
 
-    >>> with PolicyClient("localhost:50051") as client:
-    ...     with client.create_session("cartpole-family") as session:
-    ...         action = session.act(obs)
+    Args:
+        target: ``host:port`` (any gRPC target, e.g. ``dns:///policies.internal:443``).
+        token: sent as ``authorization: Bearer <token>`` on every call.
+        tls: ``None``/``False`` for plaintext; ``True`` for TLS with the system's root
+            certificates; a path to (or the PEM bytes of) the root certificate to trust; or
+            ``grpc.ChannelCredentials``.
+        timeout: deadline of every call but Adapt, in seconds; also how long each step of a
+            :meth:`Session.stream` may wait for its action.
+        adapt_timeout: deadline of Adapt, in seconds.
+        options: extra gRPC channel options, overriding the client's defaults (for example
+            ``[("grpc.service_config", ...)]`` for another retry policy).
+        interceptors: gRPC client interceptors (tracing, logging), applied after the token.
+        channel: use this channel instead of making one (``token``, ``tls``, ``options`` and
+            ``interceptors`` are then ignored, and so is the retry policy unless the channel
+            has it); the client closes it on :meth:`close`.
+
+    ListPolicies, GetSession and DeleteSession are idempotent: the channel's retry policy
+    retries them on UNAVAILABLE (for example while the server restarts). Other calls fail
+    with :class:`~metarl_client.errors.Unavailable` at once. Failed calls raise the typed
+    exceptions of :mod:`metarl_client.errors`, keeping the server's message.
+
+    Thread-safe: share one client (and its connection) among threads.
     """
 
     def __init__(
         self,
         target: str,
         *,
+        token: str | None = None,
+        tls: TLS = None,
         timeout: float = DEFAULT_TIMEOUT,
         adapt_timeout: float = DEFAULT_ADAPT_TIMEOUT,
+        options: Sequence[tuple[str, Any]] = (),
+        interceptors: Sequence[Any] = (),
         channel: grpc.Channel | None = None,
     ) -> None:
+        if timeout <= 0 or adapt_timeout <= 0:
+            raise ValueError("timeout and adapt_timeout must be positive (seconds)")
         self.target = target
         self.timeout = timeout
         self.adapt_timeout = adapt_timeout
-        self._channel = channel or grpc.insecure_channel(target)
+        self._channel = channel or sync_channel(target, tls, token, options, interceptors)
         self._stub = pb_grpc.PolicyServiceStub(self._channel)
+        self._policies: dict[str, PolicyInfo] | None = None
+        self._policies_lock = threading.Lock()
 
     def _call(
         self,
@@ -67,10 +125,38 @@ class PolicyClient:
         except grpc.RpcError as exc:
             raise errors.from_rpc_error(exc, not_found) from None
 
-    def list_policies(self) -> list[PolicyInfo]:
-        """The policies the server has loaded."""
-        resp = self._call(self._stub.ListPolicies, pb.ListPoliciesRequest())
-        return [PolicyInfo.from_proto(p) for p in resp.policies]
+    def list_policies(self, *, timeout: float | None = None) -> list[PolicyInfo]:
+        """The policies the server has loaded: versions, spaces, inner-loop settings, limits.
+
+        Always asks the server (and refreshes the client's cache of spaces)."""
+        resp = self._call(self._stub.ListPolicies, pb.ListPoliciesRequest(), timeout=timeout)
+        policies = [PolicyInfo.from_proto(p) for p in resp.policies]
+        with self._policies_lock:
+            self._policies = {p.name: p for p in policies}
+        return policies
+
+    def policy(self, name: str) -> PolicyInfo:
+        """The server's description of policy ``name``, cached after the first ListPolicies.
+
+        Raises :class:`~metarl_client.errors.PolicyNotFound` if the server has no such policy.
+        """
+        with self._policies_lock:
+            cached = self._policies
+        if cached is None or name not in cached:
+            self.list_policies()
+            with self._policies_lock:
+                cached = self._policies or {}
+        if name not in cached:
+            raise errors.PolicyNotFound(
+                f"the server has no policy {name!r}; it has {sorted(cached)}"
+            )
+        return cached[name]
+
+    def _policy_or_none(self, name: str) -> PolicyInfo | None:
+        try:
+            return self.policy(name)
+        except errors.PolicyNotFound:  # a server that lists it differently: it checks
+            return None
 
     def create_session(
         self,
@@ -78,28 +164,40 @@ class PolicyClient:
         version: str | None = None,
         seed: int | None = None,
         record: bool = False,
+        *,
+        timeout: float | None = None,
     ) -> Session:
-        """Starts a session on ``policy`` (its newest version unless ``version`` is given).
+        """Starts a session on ``policy`` (its newest version unless ``version`` is given),
+        holding the meta-trained parameters.
 
-        ``seed`` makes sampled actions repeatable; ``record`` makes the session record its
-        served actions and reported rewards, so :meth:`Session.adapt` can run without episodes.
+        ``seed`` makes sampled actions repeatable. ``record=True`` makes the session record
+        the actions it serves to single observations and the rewards reported with them
+        (:meth:`Session.stream`, ``act(..., reward=...)``, :meth:`Session.report`), so
+        :meth:`Session.adapt` with no episodes adapts on what was recorded.
+
+        Use the session as a context manager to delete it on exit.
         """
-        req = pb.CreateSessionRequest(policy=policy, version=version or "", record=record)
-        if seed is not None:
-            req.seed = seed
-        resp = self._call(self._stub.CreateSession, req, not_found=errors.PolicyNotFound)
-        return Session(self, resp.session)
+        req = proto.create_request(policy, version, seed, record)
+        resp = self._call(
+            self._stub.CreateSession, req, timeout=timeout, not_found=errors.PolicyNotFound
+        )
+        return Session(self, resp.session, self._policy_or_none(resp.session.policy))
 
-    def get_session(self, session_id: str) -> Session:
-        """Reattaches to an existing session, for example after the client restarted."""
+    def get_session(self, session_id: str, *, timeout: float | None = None) -> Session:
+        """Reattaches to an existing session, for example after the client process restarted.
+
+        Raises :class:`~metarl_client.errors.SessionNotFound` if it was deleted or expired.
+        """
         resp = self._call(
             self._stub.GetSession,
             pb.GetSessionRequest(session_id=session_id),
+            timeout=timeout,
             not_found=errors.SessionNotFound,
         )
-        return Session(self, resp.session)
+        return Session(self, resp.session, self._policy_or_none(resp.session.policy))
 
     def close(self) -> None:
+        """Closes the connection. Sessions stay on the server until deleted or expired."""
         self._channel.close()
 
     def __enter__(self) -> PolicyClient:
@@ -108,75 +206,143 @@ class PolicyClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __repr__(self) -> str:
+        return f"PolicyClient({self.target!r})"
+
 
 class Session:
-    """A session on the server: the policy's parameters, adapted to this client's task.
+    """A session on the server: a copy of a policy version's parameters, adapted to this
+    client's task. Made by :meth:`PolicyClient.create_session` or
+    :meth:`PolicyClient.get_session`.
 
-    Use it as a context manager to delete the session on exit.
+    Use it as a context manager to delete it on exit. Methods may be called from several
+    threads.
     """
 
-    def __init__(self, client: PolicyClient, session: pb.Session) -> None:
+    def __init__(
+        self, client: PolicyClient, session: pb.Session, policy_info: PolicyInfo | None
+    ) -> None:
         self._client = client
         self._stub = client._stub
         self.id: str = session.id
+        """The session id: pass it to :meth:`PolicyClient.get_session` to reattach."""
         self.policy: str = session.policy
+        """The policy name."""
         self.version: str = session.version
+        """The policy version the session is pinned to."""
+        self.recording: bool = session.recording
+        """Whether the session records served actions and reported rewards."""
+        self.policy_info: PolicyInfo | None = policy_info
+        """The policy's spaces and limits (None if the server did not list it)."""
+
+    def __repr__(self) -> str:
+        return f"Session(id={self.id!r}, policy={self.policy!r}, version={self.version!r})"
 
     def _call(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
         return self._client._call(
             method, request, timeout=timeout, not_found=errors.SessionNotFound
         )
 
-    def info(self) -> SessionInfo:
-        resp = self._call(self._stub.GetSession, pb.GetSessionRequest(session_id=self.id))
+    def info(self, *, timeout: float | None = None) -> SessionInfo:
+        """The session's state on the server (adaptations, recording, expiry)."""
+        resp = self._call(self._stub.GetSession, pb.GetSessionRequest(session_id=self.id), timeout)
         return SessionInfo.from_proto(resp.session)
 
-    def act(self, obs: Any, deterministic: bool = False) -> Any:
-        """The action for one observation: an ``int`` for discrete actions, else an array."""
-        result = self._act(np.asarray(obs), deterministic, single=True)
-        action = result.actions
-        return int(action) if action.dtype.kind == "i" and action.ndim == 0 else action
+    def act(
+        self,
+        obs: Any,
+        deterministic: bool = False,
+        *,
+        reward: float | None = None,
+        terminated: bool = False,
+        truncated: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        """The action for one observation (shape ``observation_space.shape``): an ``int`` for
+        a discrete action space, else an array of ``action_space.shape``.
 
-    def act_batch(self, obs_batch: Any, deterministic: bool = False) -> ActResult:
-        """Actions and their log-probabilities for a batch ``[batch, *obs_shape]``."""
-        return self._act(np.asarray(obs_batch), deterministic, single=False)
+        ``deterministic=True`` takes the most likely action instead of sampling. ``reward``,
+        ``terminated`` and ``truncated`` report the outcome of this session's previous
+        action, which a recording session records.
+        """
+        arr = proto.observations(obs, self.policy_info, batch=False)
+        req = proto.act_request(
+            self.id, arr, deterministic, proto.feedback(reward, terminated, truncated)
+        )
+        resp = self._call(self._stub.Act, req, timeout)
+        return proto.action(resp.actions, self.policy_info)
 
-    def _act(self, obs: NDArray[Any], deterministic: bool, single: bool) -> ActResult:
-        if obs.dtype.kind not in "fiu":
-            raise errors.InvalidArgument(f"observations must be numeric, got dtype {obs.dtype}")
-        if not single and obs.ndim < 2:
-            raise errors.InvalidArgument(
-                f"act_batch needs [batch, *obs_shape] observations, got shape {obs.shape}; "
-                "use act() for a single observation"
-            )
-        req = pb.ActRequest(
-            session_id=self.id, observations=to_tensor(obs), deterministic=deterministic
-        )
-        resp = self._call(self._stub.Act, req)
-        return ActResult(
-            from_tensor(resp.actions, "actions"), from_tensor(resp.log_probs, "log_probs")
-        )
+    def act_batch(
+        self, obs_batch: Any, deterministic: bool = False, *, timeout: float | None = None
+    ) -> ActResult:
+        """Actions and their log-probabilities for a batch ``[batch, *observation_shape]``
+        (for example a vector env's observations). Batches larger than the server's
+        ``max_batch_size`` are sent in several calls."""
+        arr = proto.observations(obs_batch, self.policy_info, batch=True, name="observations")
+        results = []
+        for part in proto.batch_chunks(len(arr), self.policy_info):
+            req = proto.act_request(self.id, arr[part], deterministic)
+            results.append(_act_result(self._call(self._stub.Act, req, timeout)))
+        return _concat(results)
+
+    def stream(self, deterministic: bool = False, *, timeout: float | None = None) -> ActionStream:
+        """A control loop over the ``StreamAct`` bidi stream: one observation in, one action
+        out, with the previous step's reward on the next observation (which a recording
+        session records). Lower latency than :meth:`act`: one HTTP/2 stream for the loop.
+
+        ``timeout`` bounds the whole stream (default: none; each step still waits at most the
+        client's ``timeout`` for its action). Close it, or use it as a context manager.
+        """
+        return ActionStream(self, deterministic, timeout)
+
+    def report(
+        self,
+        reward: float,
+        terminated: bool = False,
+        truncated: bool = False,
+        *,
+        timeout: float | None = None,
+    ) -> SessionInfo:
+        """Reports the outcome of the session's last action without asking for another, for
+        example the final reward of an episode. Only recording sessions take it
+        (:class:`~metarl_client.errors.FailedPrecondition` otherwise)."""
+        fb = proto.feedback(reward, terminated, truncated)
+        req = pb.ReportFeedbackRequest(session_id=self.id, feedback=fb)
+        resp = self._call(self._stub.ReportFeedback, req, timeout)
+        return SessionInfo.from_proto(resp.session)
 
     def adapt(
-        self, episodes: Iterable[Episode] | None = None, steps: int | None = None
+        self,
+        episodes: Iterable[Episode] | None = None,
+        steps: int | None = None,
+        *,
+        timeout: float | None = None,
     ) -> AdaptStats:
-        """Adapts the session's parameters to its task from ``episodes`` (or, with none, from
-        what the session recorded) and returns what the inner loop did."""
-        req = pb.AdaptRequest(session_id=self.id, episodes=_episodes_to_proto(episodes or []))
-        if steps is not None:
-            req.steps = steps
-        resp = self._call(self._stub.Adapt, req, timeout=self._client.adapt_timeout)
+        """Adapts the session's parameters to its task and returns what the inner loop did.
+
+        ``episodes`` are :class:`~metarl_client.types.Episode` collected on the task (see
+        :func:`metarl_client.helpers.rollout`); with none, the session adapts on what it
+        recorded (and clears the recording). ``steps``: inner steps, the policy's default
+        when None. From then on, :meth:`act` serves the adapted parameters. Adapting again
+        starts from the current (already adapted) parameters; :meth:`reset` goes back.
+        """
+        req = proto.adapt_request(self.id, episodes, steps, self.policy_info)
+        resp = self._call(self._stub.Adapt, req, timeout or self._client.adapt_timeout)
         return AdaptStats.from_proto(resp.stats)
 
-    def reset(self) -> SessionInfo:
+    def reset(self, *, timeout: float | None = None) -> SessionInfo:
         """Goes back to the meta-trained parameters and clears the recording."""
-        resp = self._call(self._stub.ResetSession, pb.ResetSessionRequest(session_id=self.id))
+        resp = self._call(
+            self._stub.ResetSession, pb.ResetSessionRequest(session_id=self.id), timeout
+        )
         return SessionInfo.from_proto(resp.session)
 
-    def close(self) -> None:
+    def close(self, *, timeout: float | None = None) -> None:
         """Deletes the session on the server (a session already gone is not an error)."""
         with contextlib.suppress(errors.SessionNotFound):
-            self._call(self._stub.DeleteSession, pb.DeleteSessionRequest(session_id=self.id))
+            self._call(
+                self._stub.DeleteSession, pb.DeleteSessionRequest(session_id=self.id), timeout
+            )
 
     def __enter__(self) -> Session:
         return self
@@ -187,24 +353,164 @@ class Session:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        if exc is None:
+            self.close()
+            return
+        try:  # do not hide the exception that is leaving the block
+            self.close()
+        except errors.MetarlError as close_error:
+            log.warning("could not delete session %s: %s", self.id, close_error)
 
 
-def _episodes_to_proto(episodes: Iterable[Episode]) -> Sequence[pb.Episode]:
-    out = []
-    for i, ep in enumerate(episodes):
-        if not isinstance(ep, Episode):
-            raise errors.InvalidArgument(
-                f"episode {i} is a {type(ep).__name__}; wrap it in metarl_client.Episode("
-                "observations, actions, rewards, terminated, truncated)"
-            )
-        out.append(
-            pb.Episode(
-                observations=to_tensor(ep.observations),
-                actions=to_tensor(ep.actions),
-                rewards=to_tensor(np.asarray(ep.rewards, dtype=np.float32)),
-                terminated=ep.terminated,
-                truncated=ep.truncated,
-            )
+_END = object()
+
+
+class ActionStream:
+    """A control loop over ``StreamAct`` (from :meth:`Session.stream`).
+
+    >>> with session.stream() as loop:
+    ...     obs, _ = env.reset()
+    ...     reward = None
+    ...     for _ in range(1000):
+    ...         action = loop.act(obs, reward)   # reward of the previous action
+    ...         obs, reward, terminated, truncated, _ = env.step(action)
+    ...         if terminated or truncated:
+    ...             loop.report(reward, terminated, truncated)  # a recording session's
+    ...             obs, _ = env.reset()                        # episode ends here
+    ...             reward = None
+
+    Not thread-safe: one control loop per stream.
+    """
+
+    def __init__(self, session: Session, deterministic: bool, timeout: float | None) -> None:
+        self.session = session
+        self.deterministic = deterministic
+        self.step_timeout = session._client.timeout
+        """How long :meth:`act` waits for its action, in seconds."""
+        self.log_prob: float | None = None
+        """Log-probability of the last action."""
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._responses: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._first = True
+        self._error: errors.MetarlError | None = None
+        self._closed = False
+        self._call = session._stub.StreamAct(self._request_iterator(), timeout=timeout)
+        self._reader = threading.Thread(
+            target=self._read, name=f"metarl-stream-{session.id[:8]}", daemon=True
         )
-    return out
+        self._reader.start()
+
+    def _request_iterator(self) -> Iterator[pb.StreamActRequest]:
+        while True:
+            item = self._requests.get()
+            if item is _END:
+                return
+            yield item
+
+    def _read(self) -> None:
+        try:
+            for resp in self._call:
+                self._responses.put(resp)
+            self._responses.put(_END)
+        except grpc.RpcError as exc:
+            self._responses.put(errors.from_rpc_error(exc, errors.SessionNotFound))
+
+    def _send(self, req: pb.StreamActRequest) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise errors.FailedPrecondition("the stream is closed: open another with stream()")
+        if self._first:
+            req.session_id = self.session.id
+            self._first = False
+        self._requests.put(req)
+
+    def _fail(self, error: errors.MetarlError) -> errors.MetarlError:
+        self._error = error
+        self._closed = True
+        self._requests.put(_END)
+        return error
+
+    def act(
+        self,
+        obs: Any,
+        reward: float | None = None,
+        terminated: bool = False,
+        truncated: bool = False,
+    ) -> Any:
+        """The action for ``obs``, reporting the previous action's ``reward`` (and whether it
+        ended the episode) on the same message. Returns an ``int`` for a discrete action
+        space, else an array."""
+        arr = proto.observations(obs, self.session.policy_info, batch=False)
+        req = pb.StreamActRequest(observation=to_tensor(arr), deterministic=self.deterministic)
+        fb = proto.feedback(reward, terminated, truncated)
+        if fb is not None:
+            req.feedback.CopyFrom(fb)
+        self._send(req)
+        try:
+            item = self._responses.get(timeout=self.step_timeout)
+        except queue.Empty:
+            self._call.cancel()
+            raise self._fail(
+                errors.DeadlineExceeded(
+                    f"no action within {self.step_timeout} s; the stream is cancelled"
+                )
+            ) from None
+        if isinstance(item, errors.MetarlError):
+            raise self._fail(item)
+        if item is _END:
+            raise self._fail(errors.Unavailable("the server ended the stream"))
+        self.log_prob = item.log_prob
+        return proto.action(item.action, self.session.policy_info)
+
+    def report(self, reward: float, terminated: bool = False, truncated: bool = False) -> None:
+        """Reports the outcome of the last action without asking for another: the last
+        reward of an episode, with ``terminated`` or ``truncated``. A recording session
+        records it before this returns (so an ``adapt()`` right after sees the episode);
+        a session that does not record has no use for it, and it is not sent."""
+        proto.feedback(reward, terminated, truncated)  # checked either way
+        if self._error is not None:
+            raise self._error
+        if self.session.recording:
+            # unary ReportFeedback, after the stream's last answered message: acknowledged,
+            # where a feedback-only stream message would not be
+            self.session.report(reward, terminated, truncated)
+
+    def close(self) -> None:
+        """Ends the stream and waits until the server has handled every message sent (so an
+        ``adapt()`` that follows sees all reported rewards). Raises the stream's error if
+        the server failed it."""
+        if self._closed:
+            return
+        self._closed = True
+        self._requests.put(_END)
+        self._reader.join(self.step_timeout)
+        if self._reader.is_alive():
+            self._call.cancel()
+            raise errors.DeadlineExceeded(
+                f"the server did not end the stream within {self.step_timeout} s"
+            )
+        while True:
+            try:
+                item = self._responses.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, errors.MetarlError):
+                self._error = item
+                raise item
+
+    def __enter__(self) -> ActionStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.close()
+            return
+        self._closed = True
+        self._requests.put(_END)
+        self._call.cancel()

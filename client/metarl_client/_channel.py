@@ -1,0 +1,176 @@
+"""Channel setup shared by the sync and async clients: options, retry policy, TLS, token."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Union
+
+import grpc
+import grpc.aio
+
+from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
+
+SERVICE = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
+
+RETRIED_METHODS = ("ListPolicies", "GetSession", "DeleteSession")
+"""Idempotent calls that gRPC itself retries on UNAVAILABLE (the channel's retry policy)."""
+
+RETRY_POLICY: dict[str, Any] = {
+    # gRPC caps maxAttempts at 5. Attempt n waits random(0, min(0.5 s * 2^(n-1), 5 s)), so
+    # four retries span a few seconds: enough for a server that is (re)starting.
+    "maxAttempts": 5,
+    "initialBackoff": "0.5s",
+    "maxBackoff": "5s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+
+SERVICE_CONFIG: dict[str, Any] = {
+    "methodConfig": [
+        {
+            "name": [{"service": SERVICE, "method": m} for m in RETRIED_METHODS],
+            "retryPolicy": RETRY_POLICY,
+        }
+    ]
+}
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+    # Reconnect soon after a server (re)starts: a robot should not sit out gRPC's default
+    # 1 s -> 120 s backoff.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+)
+
+TLS = Union[bool, str, "os.PathLike[str]", bytes, grpc.ChannelCredentials, None]
+"""``None``/``False``: plaintext; ``True``: TLS with the system's root certificates; a path or
+PEM bytes: TLS trusting that root certificate; or ready ``grpc.ChannelCredentials``."""
+
+
+def channel_options(extra: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+    """The client's channel options, with ``extra`` overriding options of the same name."""
+    names = {name for name, _ in extra}
+    return [(k, v) for k, v in DEFAULT_OPTIONS if k not in names] + list(extra)
+
+
+def channel_credentials(tls: TLS) -> grpc.ChannelCredentials | None:
+    """Channel credentials for ``tls`` (see :data:`TLS`), or None for plaintext."""
+    if tls is None or tls is False:
+        return None
+    if tls is True:
+        return grpc.ssl_channel_credentials()
+    if isinstance(tls, grpc.ChannelCredentials):
+        return tls
+    if isinstance(tls, bytes):
+        return grpc.ssl_channel_credentials(root_certificates=tls)
+    with open(os.fspath(tls), "rb") as f:
+        return grpc.ssl_channel_credentials(root_certificates=f.read())
+
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The ``authorization: Bearer <token>`` header, or nothing without a token."""
+    if token is None:
+        return ()
+    if not token or any(c in token for c in "\r\n"):
+        raise ValueError("token must be a non-empty string without line breaks")
+    return (("authorization", f"Bearer {token}"),)
+
+
+class _CallDetails(
+    NamedTuple(
+        "_CallDetails",
+        [
+            ("method", str),
+            ("timeout", Any),
+            ("metadata", Any),
+            ("credentials", Any),
+            ("wait_for_ready", Any),
+            ("compression", Any),
+        ],
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class MetadataInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds fixed metadata (the bearer token) to every call of a sync channel."""
+
+    def __init__(self, metadata: Sequence[tuple[str, str]]) -> None:
+        self._metadata = tuple(metadata)
+
+    def _details(self, d: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _CallDetails(
+            d.method,
+            d.timeout,
+            (*(d.metadata or ()), *self._metadata),
+            d.credentials,
+            getattr(d, "wait_for_ready", None),
+            getattr(d, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+def sync_channel(
+    target: str,
+    tls: TLS,
+    token: str | None,
+    options: Sequence[tuple[str, Any]],
+    interceptors: Sequence[Any] = (),
+) -> grpc.Channel:
+    """A sync channel to ``target`` with the retry policy, TLS, bearer token and the caller's
+    ``interceptors`` (which see the token's metadata)."""
+    opts = channel_options(options)
+    creds = channel_credentials(tls)
+    channel = (
+        grpc.secure_channel(target, creds, options=opts)
+        if creds is not None
+        else grpc.insecure_channel(target, options=opts)
+    )
+    metadata = auth_metadata(token)
+    chain = [MetadataInterceptor(metadata)] if metadata else []
+    chain += list(interceptors)
+    if chain:
+        channel = grpc.intercept_channel(channel, *chain)
+    return channel
+
+
+def aio_channel(
+    target: str,
+    tls: TLS,
+    options: Sequence[tuple[str, Any]],
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+) -> grpc.aio.Channel:
+    """A ``grpc.aio`` channel to ``target`` with the retry policy, TLS and the caller's
+    ``interceptors``. (The async client sends the token as call metadata: an aio stream
+    interceptor would put each stream's writes through a proxy task, which can turn the
+    server's status into INTERNAL when the call ends during a write.)"""
+    opts = channel_options(options)
+    creds = channel_credentials(tls)
+    chain = list(interceptors)
+    if creds is not None:
+        return grpc.aio.secure_channel(target, creds, options=opts, interceptors=chain)
+    return grpc.aio.insecure_channel(target, options=opts, interceptors=chain)
