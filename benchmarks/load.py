@@ -147,7 +147,26 @@ def start_server(serve_args: str) -> tuple[subprocess.Popen[str], str]:
     if "listening on port" not in line:
         proc.kill()
         raise SystemExit(f"server did not start: {line!r}")
-    return proc, f"127.0.0.1:{int(line.rsplit(' ', 1)[1])}"
+    target = f"127.0.0.1:{int(line.rsplit(' ', 1)[1])}"
+    wait_until_serving(target)
+    return proc, target
+
+
+def wait_until_serving(target: str, timeout: float = 120.0) -> None:
+    """The server binds first and loads its policies after; health says when it is ready."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise SystemExit(f"{target} did not become SERVING within {timeout:.0f} s")
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ from metarl_server.admin import ModelAdminService
 from metarl_server.interceptors import AuthInterceptor, MetricsInterceptor
 from metarl_server.logs import setup_logging
 from metarl_server.metrics import Metrics
+from metarl_server.redis_store import RedisSessionStore
 from metarl_server.registry import Loader, PolicyRegistry, ScanResult
 from metarl_server.service import Limits, PolicyService
 from metarl_server.sessions import InMemorySessionStore, Session, SessionStore
@@ -103,6 +104,9 @@ class ServeConfig:
     """Most live sessions; CreateSession answers RESOURCE_EXHAUSTED past it."""
     session_ttl: float = field(default_factory=env("session_ttl", 3600.0))
     """Seconds a session may stay idle before it expires."""
+    session_store: str = field(default_factory=env("session_store", "memory"))
+    """Where sessions live: 'memory' (this process), or 'redis://HOST:PORT/DB' to persist every
+    change in Redis, so sessions survive restarts and every replica sharing it serves them."""
     max_batch_size: int = field(default_factory=env("max_batch_size", 1024))
     """Most observations per Act call."""
     max_adapt_steps: int = field(default_factory=env("max_adapt_steps", 10))
@@ -288,6 +292,8 @@ class Server:
                     for s in self.sessions.sessions():
                         with contextlib.suppress(Exception):
                             self.sessions.delete(s.id)
+                elif isinstance(self.sessions, RedisSessionStore):
+                    self.sessions.close()  # the sessions themselves live on in Redis
                 self.metrics.close()
                 if self._owns_adapter:
                     self.adapter.close()
@@ -336,6 +342,24 @@ def _credentials(cfg: ServeConfig) -> grpc.ServerCredentials | None:
     )
 
 
+def make_session_store(cfg: ServeConfig, registry: PolicyRegistry) -> SessionStore:
+    """The store ``cfg.session_store`` names: in-memory, or Redis (``redis://`` / ``rediss://``)."""
+    if cfg.session_store == "memory":
+        return InMemorySessionStore(cfg.max_sessions, cfg.session_ttl, cfg.max_recorded_transitions)
+    if cfg.session_store.startswith(("redis://", "rediss://", "unix://")):
+        return RedisSessionStore(
+            cfg.session_store,
+            registry,
+            cfg.max_sessions,
+            cfg.session_ttl,
+            cfg.max_recorded_transitions,
+        )
+    raise SystemExit(
+        f"--session-store {cfg.session_store!r} is not understood: use 'memory' or "
+        "'redis://HOST:PORT/DB'"
+    )
+
+
 def create_server(
     address: str,
     registry: PolicyRegistry,
@@ -367,9 +391,7 @@ def create_server(
         max_adapt_steps=cfg.max_adapt_steps,
         max_transitions=cfg.max_transitions,
     )
-    store = sessions or InMemorySessionStore(
-        cfg.max_sessions, cfg.session_ttl, cfg.max_recorded_transitions
-    )
+    store = sessions or make_session_store(cfg, registry)
     store.on_remove.append(lambda s, reason: _on_session_removed(registry, metrics, s, reason))
     service = PolicyService(registry, store, limits, adapter, metrics, cfg.batch_max_calls)
     pb_grpc.add_PolicyServiceServicer_to_server(service, server)
