@@ -10,7 +10,6 @@ import grpc
 import grpc.aio
 import numpy as np
 import pytest
-from client_support import TOKEN, FakePolicyService, free_port, start_fake
 
 from metarl_client import (
     AsyncActionStream,
@@ -27,6 +26,7 @@ from metarl_client import (
     Unavailable,
 )
 from metarl_server.app import create_server
+from tests.client_support import TOKEN, FakePolicyService, free_port, start_fake
 
 POLICY = "cartpole-family"
 OBS = np.array([[0.01, -0.02, 0.03, 0.04], [0.1, 0.5, -0.05, -0.6]], np.float32)

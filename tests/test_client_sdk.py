@@ -11,14 +11,6 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from client_support import (
-    TOKEN,
-    CallRecorder,
-    FakePolicyService,
-    free_port,
-    self_signed_cert,
-    start_fake,
-)
 
 from metarl_client import (
     ActionStream,
@@ -37,6 +29,14 @@ from metarl_client import (
 )
 from metarl_client.errors import from_rpc_error
 from metarl_server.app import ServeConfig, create_server
+from tests.client_support import (
+    TOKEN,
+    CallRecorder,
+    FakePolicyService,
+    free_port,
+    self_signed_cert,
+    start_fake,
+)
 
 POLICY = "cartpole-family"
 OBS = np.array(
@@ -366,6 +366,7 @@ BAD_CALLS = [
         "rewards",
     ),
     ("not an Episode", lambda s: s.adapt([(1, 2, 3)]), InvalidArgument, "Episode"),
+    ("no episodes", lambda s: s.adapt([]), InvalidArgument, "episodes=None"),
 ]
 
 

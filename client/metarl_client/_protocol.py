@@ -233,9 +233,13 @@ def episodes(eps: Iterable[Episode], policy: PolicyInfo | None) -> list[pb.Episo
 def adapt_request(
     session_id: str, eps: Iterable[Episode] | None, n_steps: int | None, policy: PolicyInfo | None
 ) -> pb.AdaptRequest:
-    req = pb.AdaptRequest(
-        session_id=session_id, episodes=episodes(eps if eps is not None else (), policy)
-    )
+    protos = episodes(eps, policy) if eps is not None else []
+    if eps is not None and not protos:
+        raise InvalidArgument(
+            "no episodes to adapt on: send at least one, or episodes=None to adapt on what "
+            "the session recorded"
+        )
+    req = pb.AdaptRequest(session_id=session_id, episodes=protos)
     n = steps(n_steps, policy)
     if n is not None:
         req.steps = n
