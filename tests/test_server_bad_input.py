@@ -9,12 +9,12 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from server_support import act, create, episode_proto, make_checkpoint, serving, stub
 
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.proto.metarl.v1 import tensor_pb2
 from metarl_client.tensors import to_tensor
 from metarl_server.app import ServeConfig, build_registry, bundled_checkpoints_dir
+from tests.server_support import act, create, episode_proto, make_checkpoint, serving, stub
 
 Code = grpc.StatusCode
 MAX_BATCH = 8

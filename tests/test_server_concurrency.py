@@ -12,7 +12,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from server_support import (
+
+from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
+from metarl_server.app import Server
+from metarl_server.batching import ActBatcher, ActJob
+from metarl_server.registry import PolicyRegistry
+from tests.server_support import (
     act,
     create,
     episode_proto,
@@ -21,11 +26,6 @@ from server_support import (
     serving,
     stub,
 )
-
-from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
-from metarl_server.app import Server
-from metarl_server.batching import ActBatcher, ActJob
-from metarl_server.registry import PolicyRegistry
 
 PROBE = np.random.default_rng(3).normal(size=(4, 2)).astype(np.float32)
 
@@ -208,7 +208,8 @@ def test_batcher_computes_queued_calls_in_one_pass(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     thetas = [pv.params + rng.normal(size=pv.params.shape).astype(np.float32) * 0.05
               for _ in range(6)]  # fmt: skip
-    thetas += [pv.params, pv.params]  # two sessions that share θ
+    sets = [pv.policy.params(t) for t in thetas] + [pv.param_set, pv.param_set]  # 2 share θ
+    thetas += [pv.params, pv.params]
     obs = [rng.normal(size=(i % 3 + 1, 2)).astype(np.float32) for i in range(len(thetas))]
     expected = [pv.policy.forward(t, o) for t, o in zip(thetas, obs, strict=True)]
     passes: list[tuple[int, int]] = []
@@ -222,15 +223,15 @@ def test_batcher_computes_queued_calls_in_one_pass(tmp_path: Path) -> None:
             release.wait(5)  # hold the leader while the others queue up
 
     batcher = ActBatcher(on_batch=on_batch)
-    blocker = ActJob(pv, pv.params, obs[0], True, np.random.default_rng(0))
+    blocker = ActJob(pv, pv.param_set, obs[0], True, np.random.default_rng(0))
     t0 = threading.Thread(target=batcher.run, args=(blocker,))
     t0.start()
     first_pass.wait(5)
     results: dict[int, np.ndarray] = {}
 
     def run(i: int) -> None:
-        job = ActJob(pv, thetas[i], obs[i], True, np.random.default_rng(0))
-        results[i] = batcher.run(job)[0]
+        job = ActJob(pv, sets[i], obs[i], True, np.random.default_rng(0))
+        results[i] = batcher.run(job).result()[0]
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(thetas))]
     for t in threads:
@@ -251,7 +252,7 @@ def test_a_lone_call_is_not_delayed(tmp_path: Path) -> None:
     registry = PolicyRegistry()
     pv = registry.add_checkpoint(make_checkpoint(tmp_path / "nav" / "1"))
     batcher = ActBatcher()
-    job = ActJob(pv, pv.params, np.zeros((1, 2), np.float32), False, np.random.default_rng(0))
+    job = ActJob(pv, pv.param_set, np.zeros((1, 2), np.float32), False, np.random.default_rng(0))
     for _ in range(50):
         batcher.run(job)
     start = time.perf_counter()

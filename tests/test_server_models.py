@@ -11,7 +11,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from server_support import (
+
+from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
+from metarl_server.app import ServeConfig, build_registry
+from tests.server_support import (
     act,
     create,
     episode_proto,
@@ -21,9 +24,6 @@ from server_support import (
     serving,
     stub,
 )
-
-from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
-from metarl_server.app import ServeConfig, build_registry
 
 PROBE = np.full((1, 2), 0.25, np.float32)
 

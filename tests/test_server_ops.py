@@ -21,12 +21,12 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_support import act, create, episode_proto, random_episodes, serving, stub
 
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.tensors import to_tensor
 from metarl_server.app import ServeConfig, build_registry, create_server
 from metarl_server.logs import setup_logging
+from tests.server_support import act, create, episode_proto, random_episodes, serving, stub
 
 ROOT = Path(__file__).resolve().parent.parent
 CARTPOLE = "cartpole-family"
@@ -123,7 +123,7 @@ def test_metrics_endpoint(registry: Any) -> None:
     assert samples['metarl_grpc_requests_total{code="NOT_FOUND",method="GetSession"}'] == 1
     assert samples['metarl_grpc_requests_total{code="OK",method="StreamAct"}'] == 1
     assert samples['metarl_grpc_request_duration_seconds_count{method="Act"}'] == 3
-    assert samples['metarl_grpc_stream_messages_total{method="StreamAct"}'] == 1
+    assert samples["metarl_stream_steps_total"] == 1
     assert samples['metarl_adaptations_total{outcome="ok"}'] == 1
     assert samples["metarl_adaptation_seconds_count"] == 1
     assert samples["metarl_sessions"] == 1 and samples["metarl_sessions_created_total"] == 1

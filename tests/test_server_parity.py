@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from server_support import act, create, episode_proto, make_checkpoint, random_episodes, serving
-from server_support import stub as make_stub
 
 from metarl import inner_loop, policies
 from metarl.checkpoint import load_checkpoint
@@ -19,6 +17,15 @@ from metarl.policies import PolicySpec
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_server.numpy_policy import Arch, NumpyPolicy
 from metarl_server.registry import PolicyRegistry
+from tests.server_support import (
+    act,
+    create,
+    episode_proto,
+    make_checkpoint,
+    random_episodes,
+    serving,
+)
+from tests.server_support import stub as make_stub
 
 SPECS = {
     "nav": PolicySpec(2, 2, "gaussian", (64, 64)),

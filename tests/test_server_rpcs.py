@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from server_support import (
+
+from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
+from metarl_client.tensors import from_tensor, to_tensor
+from metarl_server.app import ServeConfig, Server, build_registry
+from tests.server_support import (
     act,
     create,
     episode_proto,
@@ -20,10 +24,6 @@ from server_support import (
     serving,
     stub,
 )
-
-from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
-from metarl_client.tensors import from_tensor, to_tensor
-from metarl_server.app import ServeConfig, Server, build_registry
 
 CARTPOLE = "cartpole-family"
 

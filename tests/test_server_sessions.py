@@ -9,12 +9,19 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from server_support import act, create, episode_proto, make_checkpoint, random_episodes, serving
-from server_support import stub as make_stub
 
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_server.registry import PolicyRegistry
 from metarl_server.sessions import InMemorySessionStore, Recording, Session
+from tests.server_support import (
+    act,
+    create,
+    episode_proto,
+    make_checkpoint,
+    random_episodes,
+    serving,
+)
+from tests.server_support import stub as make_stub
 
 PROBE = np.full((2, 2), 0.1, np.float32)
 

@@ -21,23 +21,43 @@ import numpy as np
 from numpy.typing import NDArray
 
 from metarl_server.errors import InvalidArgument
+from metarl_server.numpy_policy import ParamSet
 from metarl_server.registry import PolicyVersion
+from metarl_server.validation import all_finite
 
 STACK_MAX_ROWS = 16
 """Calls with more observations than this run on their own (padding would waste work)."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ActJob:
     policy: PolicyVersion
-    params: NDArray[np.float32]
+    params: ParamSet
     obs: NDArray[np.float32]
     deterministic: bool
     rng: np.random.Generator
     actions: NDArray[Any] | None = None
     log_probs: NDArray[np.float32] | None = None
+    action: NDArray[Any] | None = None
+    """For a one-observation job: its action (``actions[0]``) and log-probability."""
+    log_prob: float = 0.0
     error: Exception | None = None
     event: threading.Event | None = field(default=None, repr=False)
+
+    def result(self) -> tuple[NDArray[Any], NDArray[np.float32]]:
+        """Actions ``[N, ...]`` and log-probabilities ``[N]``."""
+        if self.action is not None:
+            return self.action[None], np.array([self.log_prob], np.float32)
+        assert self.actions is not None and self.log_probs is not None
+        return self.actions, self.log_probs
+
+    def result_one(self) -> tuple[NDArray[Any], float]:
+        """The action and log-probability of a one-observation job."""
+        if self.action is not None:
+            return self.action, self.log_prob
+        assert self.actions is not None and self.log_probs is not None
+        return self.actions[0], float(self.log_probs[0])
+
     handoff: list[ActJob] | None = field(default=None, repr=False)
     """Set when this job's thread becomes the leader: the batch it must compute."""
 
@@ -56,9 +76,10 @@ class ActBatcher:
         self._queue: list[ActJob] = []
         self._busy = False
 
-    def run(self, job: ActJob) -> tuple[NDArray[Any], NDArray[np.float32]]:
-        """Computes ``job`` (alone or batched with concurrent jobs) and returns its actions and
-        log-probabilities."""
+    def run(self, job: ActJob) -> ActJob:
+        """Computes ``job`` (alone or batched with concurrent jobs): sets its ``actions`` and
+        ``log_probs``, or, for one observation computed alone, ``action`` and ``log_prob``
+        (see :meth:`ActJob.result_one`)."""
         with self._lock:
             if self._busy:
                 job.event = threading.Event()
@@ -72,12 +93,19 @@ class ActBatcher:
             job.event.wait()
             batch = job.handoff
         if batch is not None:  # this thread leads: compute, then hand over what queued meanwhile
-            self._compute(batch)
+            if len(batch) == 1:  # (the usual case, made short)
+                try:
+                    _compute_one(job)
+                except Exception as exc:
+                    job.error = exc
+                if self.on_batch is not None:
+                    self.on_batch(1, 1)
+            else:
+                self._compute(batch)
             self._hand_over()
         if job.error is not None:
             raise job.error
-        assert job.actions is not None and job.log_probs is not None
-        return job.actions, job.log_probs
+        return job
 
     def _hand_over(self) -> None:
         with self._lock:
@@ -102,7 +130,7 @@ class ActBatcher:
                 self.on_batch(len(batch), sessions)
         except Exception as exc:  # never leave a waiting thread without an answer
             for job in batch:
-                if job.actions is None and job.error is None:
+                if job.actions is None and job.action is None and job.error is None:
                     job.error = exc
         finally:
             for job in batch[1:]:
@@ -124,26 +152,39 @@ class ActBatcher:
         return sessions
 
 
+def _not_finite() -> InvalidArgument:
+    return InvalidArgument(
+        "the policy's output for these observations is not finite: the observations are far "
+        "outside the range the policy was trained on"
+    )
+
+
 def _finish(job: ActJob, out: NDArray[np.float32]) -> None:
-    if not np.isfinite(out).all():
-        job.error = InvalidArgument(
-            "the policy's output for these observations is not finite: the observations are far "
-            "outside the range the policy was trained on"
-        )
+    if not all_finite(out):
+        job.error = _not_finite()
         return
     job.actions, job.log_probs = job.policy.policy.act(job.params, out, job.deterministic, job.rng)
 
 
 def _compute_one(job: ActJob) -> None:
-    with np.errstate(all="ignore"):
-        _finish(job, job.policy.policy.forward(job.params, job.obs))
+    policy = job.policy.policy
+    if job.obs.shape[0] != 1:
+        with np.errstate(all="ignore"):
+            _finish(job, policy.forward(job.params, job.obs))
+        return
+    out = policy.forward_one(job.params, job.obs[0])
+    if not all_finite(out):
+        job.error = _not_finite()
+        return
+    action, logp = policy.act_one(job.params, out, job.deterministic, job.rng)
+    job.action, job.log_prob = action, logp
 
 
 def _compute_group(jobs: list[ActJob]) -> int:
     """One forward pass for jobs on the same policy version; returns the distinct parameter
     sets (sessions that have not adapted share the version's θ and are simply concatenated)."""
     policy = jobs[0].policy.policy
-    distinct: dict[int, NDArray[np.float32]] = {}
+    distinct: dict[int, ParamSet] = {}
     for job in jobs:
         distinct.setdefault(id(job.params), job.params)
     with np.errstate(all="ignore"):
@@ -159,7 +200,7 @@ def _compute_group(jobs: list[ActJob]) -> int:
         obs = np.zeros((len(jobs), rows, jobs[0].obs.shape[1]), np.float32)
         for i, job in enumerate(jobs):
             obs[i, : job.obs.shape[0]] = job.obs
-        outs = policy.forward_stacked(np.stack([j.params for j in jobs]), obs)
+        outs = policy.forward_stacked(np.stack([j.params.flat for j in jobs]), obs)
         for i, job in enumerate(jobs):
             _finish(job, outs[i, : job.obs.shape[0]])
     return len(distinct)

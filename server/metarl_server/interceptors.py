@@ -79,18 +79,12 @@ class MetricsInterceptor(_CachingInterceptor):
 
         if handler.request_streaming and handler.response_streaming:
             sfn = handler.stream_stream
-            messages = metrics.stream_messages.labels(method)
-
-            def counted(requests: Iterable[Any]) -> Iterator[Any]:
-                for r in requests:
-                    messages.inc()
-                    yield r
 
             def stream_stream(request_iterator: Any, context: Any) -> Iterator[Any]:
                 start = time.perf_counter()
                 code = "OK"
                 try:
-                    yield from sfn(counted(request_iterator), context)
+                    yield from sfn(request_iterator, context)
                 except GeneratorExit:
                     code = "CANCELLED"
                     raise

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # Seconds: a unary Act takes ~0.1-0.5 ms end to end, an Adapt milliseconds to seconds.
 LATENCY_BUCKETS = (
@@ -14,6 +19,31 @@ LATENCY_BUCKETS = (
     5.0, 10.0, 30.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class SerialHistogram(Collector):
+    """A histogram for observations made one at a time (no lock: ~0.3 µs instead of ~1.5 µs),
+    exported like ``prometheus_client.Histogram``. The batcher observes every forward pass."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = list(buckets)
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        counts = list(self.counts)
+        cumulative, running = [], 0
+        for bound, count in zip([*self.bounds, math.inf], counts, strict=True):
+            running += count
+            cumulative.append((floatToGoString(bound), running))
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], cumulative, sum_value=self.sum)
+        yield family
 
 
 class Metrics:
@@ -33,11 +63,8 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.stream_messages = Counter(
-            "metarl_grpc_stream_messages",
-            "Messages received on streaming calls, by method",
-            ["method"],
-            registry=r,
+        self.stream_steps = Counter(
+            "metarl_stream_steps", "Actions served on StreamAct streams", registry=r
         )
         self.sessions = Gauge("metarl_sessions", "Live sessions", registry=r)
         self.sessions_created = Counter("metarl_sessions_created", "Sessions created", registry=r)
@@ -62,18 +89,16 @@ class Metrics:
         self.adapt_pending = Gauge(
             "metarl_adaptations_pending", "Adaptations queued or running", registry=r
         )
-        self.batch_calls = Histogram(
-            "metarl_act_batch_calls",
-            "Act calls computed by one forward pass",
-            buckets=BATCH_BUCKETS,
-            registry=r,
+        self.batch_calls = SerialHistogram(
+            "metarl_act_batch_calls", "Act calls computed by one forward pass", BATCH_BUCKETS
         )
-        self.batch_param_sets = Histogram(
+        self.batch_param_sets = SerialHistogram(
             "metarl_act_batch_parameter_sets",
             "Distinct parameter sets (adapted sessions, or a version's θ) stacked in one pass",
-            buckets=BATCH_BUCKETS,
-            registry=r,
+            BATCH_BUCKETS,
         )
+        r.register(self.batch_calls)
+        r.register(self.batch_param_sets)
         self.policy_versions = Gauge(
             "metarl_policy_versions_loaded", "Policy versions loaded", registry=r
         )
@@ -85,7 +110,6 @@ class Metrics:
         )
         self._children: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
-        self._batch_observe = (self.batch_calls.observe, self.batch_param_sets.observe)
         self._http: Any = None
 
     def request_counter(self, method: str, code: str) -> Any:
@@ -98,8 +122,9 @@ class Metrics:
         return child
 
     def observe_batch(self, calls: int, param_sets: int) -> None:
-        self._batch_observe[0](calls)
-        self._batch_observe[1](param_sets)
+        """Called by the batcher's leader only (one at a time), on every forward pass."""
+        self.batch_calls.observe(calls)
+        self.batch_param_sets.observe(param_sets)
 
     def gauge_from(self, gauge: Gauge, fn: Callable[[], float]) -> None:
         gauge.set_function(fn)

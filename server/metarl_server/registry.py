@@ -22,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 from metarl_server.errors import InvalidArgument, NotFound
-from metarl_server.numpy_policy import Arch, NumpyPolicy
+from metarl_server.numpy_policy import Arch, NumpyPolicy, ParamSet
 from metarl_server.worker import LoadedCheckpoint
 
 log = logging.getLogger(__name__)
@@ -77,10 +77,22 @@ class PolicyVersion:
     """Live sessions on this version (guarded by the registry's lock)."""
     retired: bool = False
     """Unloaded: no new session may use it."""
-    params: np.ndarray = field(init=False)
+    param_set: ParamSet = field(init=False)
+    """θ with its layer views: every session on this version shares it until it adapts."""
 
     def __post_init__(self) -> None:
-        self.params = self.checkpoint.params
+        self.param_set = self.policy.params(self.checkpoint.params)
+
+    @property
+    def params(self) -> np.ndarray:
+        """θ as one flat float32 buffer."""
+        return self.param_set.flat
+
+    @property
+    def action_start(self) -> int:
+        """The first action of a discrete action space (0 for a box)."""
+        space = self.action_space
+        return int(space.start) if isinstance(space, gym.spaces.Discrete) else 0
 
     @property
     def name(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.proto.metarl.v1 import policy_service_pb2_grpc as pb_grpc
+from metarl_client.proto.metarl.v1 import tensor_pb2
 from metarl_client.tensors import to_tensor
 from metarl_server import validation
 from metarl_server.adapter import Adapter
@@ -65,6 +67,24 @@ def _status_on_error(method: F) -> F:
             context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
 
     return wrapper  # type: ignore[return-value]
+
+
+_ENCODABLE = {np.dtype("<f4"): 1, np.dtype("<i8"): 4} if sys.byteorder == "little" else {}
+
+
+def encode(arr: np.ndarray, into: tensor_pb2.Tensor | None = None) -> tensor_pb2.Tensor:
+    """``to_tensor`` for the float32 and int64 arrays the server answers with, written into the
+    response's own field when given (building a Tensor and copying it in costs twice as much)."""
+    code = _ENCODABLE.get(arr.dtype)
+    out = tensor_pb2.Tensor() if into is None else into
+    if code is None:
+        out.CopyFrom(to_tensor(arr))
+        return out
+    out.dtype = code  # type: ignore[assignment]
+    if arr.ndim:
+        out.shape[:] = arr.shape
+    out.data = arr.tobytes()
+    return out
 
 
 def _space_proto(space: gym.spaces.Space[Any]) -> pb.Space:
@@ -117,13 +137,26 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
     def _act(
         self, s: Session, obs: np.ndarray, deterministic: bool
     ) -> tuple[np.ndarray, np.ndarray]:
-        # One read of s.params: an Adapt swapping them mid-call cannot mix old and new.
-        job = ActJob(s.policy, s.params, obs, deterministic, s.rng)
-        acts, logp = self.batcher.run(job)
+        """Actions ``[N, ...]`` (in the action space's terms) and log-probabilities ``[N]``."""
+        # One read of s.param_set: an Adapt swapping it mid-call cannot mix old and new.
+        job = self.batcher.run(ActJob(s.policy, s.param_set, obs, deterministic, s.rng))
+        acts, logp = job.result()
         space = s.policy.action_space
         if isinstance(space, gym.spaces.Discrete):
             return acts + int(space.start), logp
         return acts.reshape(-1, *space.shape), logp  # type: ignore[misc]
+
+    def _act_one(
+        self, s: Session, obs: np.ndarray, deterministic: bool
+    ) -> tuple[np.ndarray, float]:
+        """:meth:`_act` for one observation ``[1, obs_dim]``: the action and its log-probability."""
+        job = self.batcher.run(ActJob(s.policy, s.param_set, obs, deterministic, s.rng))
+        action, logp = job.result_one()
+        pv = s.policy
+        if pv.arch.categorical:
+            start = pv.action_start
+            return (action + start if start else action), logp
+        return action.reshape(pv.action_space.shape), logp
 
     def _record(
         self,
@@ -138,7 +171,7 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
             if feedback is not None:
                 s.recording.feedback(feedback.reward, feedback.terminated, feedback.truncated)
             if obs is not None and action is not None:
-                s.recording.step(obs[0], action[0])
+                s.recording.step(obs[0], action)
         self.sessions.save(s)
 
     # -- RPCs ----------------------------------------------------------------------------------
@@ -206,7 +239,7 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
     ) -> pb.ResetSessionResponse:
         s = self.sessions.get(request.session_id)
         with s.lock:
-            s.params = s.policy.params
+            s.param_set = s.policy.param_set
             s.adaptation_steps = s.adaptations = 0
             s.generation += 1
             if s.recording is not None:
@@ -230,16 +263,23 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
         feedback = validation.feedback(request.feedback) if request.HasField("feedback") else None
         if feedback is not None and not single:
             raise InvalidArgument("feedback goes with single-observation Act calls only")
-        acts, logp = self._act(s, obs, request.deterministic)
+        resp = pb.ActResponse()
         if single:
-            self._record(s, feedback, obs, acts)
-            return pb.ActResponse(actions=to_tensor(acts[0]), log_probs=to_tensor(logp[0]))
-        return pb.ActResponse(actions=to_tensor(acts), log_probs=to_tensor(logp))
+            action, logp = self._act_one(s, obs, request.deterministic)
+            self._record(s, feedback, obs, action)
+            encode(action, resp.actions)
+            encode(np.array(logp, np.float32), resp.log_probs)
+            return resp
+        acts, logps = self._act(s, obs, request.deterministic)
+        encode(acts, resp.actions)
+        encode(logps, resp.log_probs)
+        return resp
 
     def StreamAct(
         self, request_iterator: Iterator[pb.StreamActRequest], context: Any
     ) -> Iterator[pb.StreamActResponse]:
         session: Session | None = None
+        steps = self.metrics.stream_steps
         try:
             for req in request_iterator:
                 if session is None:
@@ -265,9 +305,12 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
                         "StreamAct takes one observation per message, shape "
                         f"{list(session.policy.observation_space.shape)}"
                     )
-                acts, logp = self._act(session, obs, req.deterministic)
-                self._record(session, feedback, obs, acts)
-                yield pb.StreamActResponse(action=to_tensor(acts[0]), log_prob=float(logp[0]))
+                action, logp = self._act_one(session, obs, req.deterministic)
+                self._record(session, feedback, obs, action)
+                resp = pb.StreamActResponse(log_prob=logp)
+                encode(action, resp.action)
+                steps.inc()
+                yield resp
         except ServiceError as exc:
             context.abort(exc.code, str(exc))
         except Exception:
@@ -313,6 +356,7 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
             params, generation = s.params, s.generation
         try:
             result = self._run_adaptation(pv, params, eps, steps, context)
+            new_params = pv.policy.params(result.params)
             with s.lock:
                 if s.generation != generation:
                     raise Aborted(
@@ -321,7 +365,7 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
                 if not context.is_active():
                     self.metrics.adaptations.labels("cancelled").inc()
                     raise Aborted("the call ended before the adaptation finished; not applied")
-                s.params = result.params  # the swap: one reference assignment
+                s.param_set = new_params  # the swap: one reference assignment
                 s.adaptation_steps += steps
                 s.adaptations += 1
                 if recorded and s.recording is not None:

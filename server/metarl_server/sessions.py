@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from metarl_server.errors import InvalidArgument, NotFound, ResourceExhausted
+from metarl_server.numpy_policy import ParamSet
 from metarl_server.registry import PolicyRegistry, PolicyVersion, shorten
 
 log = logging.getLogger(__name__)
@@ -159,10 +160,10 @@ class Recording:
 class Session:
     id: str
     policy: PolicyVersion
-    params: np.ndarray
-    """Current parameters: one flat float32 buffer, replaced as a whole and never written to, so
-    a reader that took the reference sees one consistent set (the old θ' or the new, never a
-    mix). Until the first Adapt it is the policy version's own buffer (no copy)."""
+    param_set: ParamSet
+    """Current parameters: one flat float32 buffer (with its layer views), replaced as a whole
+    and never written to, so a reader that took the reference sees one consistent set (the old
+    θ' or the new, never a mix). Until the first Adapt it is the policy version's own (no copy)."""
     rng: np.random.Generator
     recording: Recording | None
     ttl_seconds: float
@@ -182,8 +183,13 @@ class Session:
         return time.time() + self.ttl_seconds - (time.monotonic() - self.last_used)
 
     @property
+    def params(self) -> np.ndarray:
+        """The current parameters as one flat float32 buffer."""
+        return self.param_set.flat
+
+    @property
     def adapted(self) -> bool:
-        return self.params is not self.policy.params
+        return self.param_set is not self.policy.param_set
 
     def snapshot(self) -> dict[str, Any]:
         """The session's state as plain values (bytes, numbers, lists, dicts)."""
@@ -208,18 +214,16 @@ class Session:
         """A session from :meth:`snapshot` on ``policy`` (already acquired by the caller)."""
         rng = np.random.Generator(np.random.PCG64())
         rng.bit_generator.state = state["rng"]
-        params = (
-            np.frombuffer(state["params"], dtype=np.float32).copy()
+        param_set = (
+            policy.policy.params(np.frombuffer(state["params"], dtype=np.float32).copy())
             if state["params"] is not None
-            else policy.params
+            else policy.param_set
         )
-        if params.shape != policy.params.shape:
-            raise ValueError("the snapshot's parameters do not fit the policy version")
         rec = state["recording"]
         return cls(
             id=state["id"],
             policy=policy,
-            params=params,
+            param_set=param_set,
             rng=rng,
             recording=Recording.from_dict(rec) if rec is not None else None,
             ttl_seconds=float(state["ttl_seconds"]),
@@ -315,7 +319,7 @@ class InMemorySessionStore(SessionStore):
         session = Session(
             id=secrets.token_hex(SESSION_ID_BYTES),
             policy=policy,
-            params=policy.params,
+            param_set=policy.param_set,
             rng=np.random.Generator(np.random.PCG64(seed)),
             recording=Recording(self.max_recorded_transitions) if record else None,
             ttl_seconds=self.ttl_seconds,
