@@ -519,7 +519,7 @@ def late_server(registry, port: int, delay: float) -> tuple[threading.Thread, li
     return thread, servers
 
 
-@pytest.mark.parametrize("method", ["list_policies", "get_session"])
+@pytest.mark.parametrize("method", ["list_policies", "get_session", "delete_session"])
 def test_idempotent_calls_retry_until_a_late_server_is_up(bundled_registry, method) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     recorder = CallRecorder()
@@ -529,9 +529,11 @@ def test_idempotent_calls_retry_until_a_late_server_is_up(bundled_registry, meth
         start = time.monotonic()
         if method == "list_policies":
             assert POLICY in [p.name for p in client.list_policies()]
-        else:
+        elif method == "get_session":
             with pytest.raises(SessionNotFound):  # the server answered: no such session
                 client.get_session("does-not-exist")
+        else:  # the server answered NOT_FOUND, which close() takes as already deleted
+            Session(client, _fake_session(), None).close()
         assert time.monotonic() - start > 0.25  # it did wait for the server
         assert len(recorder.calls) == 1  # gRPC's retry policy, not a loop around the call
     finally:
