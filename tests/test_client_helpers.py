@@ -232,3 +232,17 @@ def test_async_helpers(server_target: str) -> None:
     episodes, result = asyncio.run(main())
     assert [len(ep) for ep in episodes] == [3, 3]
     assert result.stats.transitions == 6 and result.return_after is not None
+
+
+def test_rollout_on_the_familys_own_vector_env(client: PolicyClient) -> None:
+    """The family's batched vector env (next-step autoreset): every episode starts from a
+    reset state (CartPole's are within ±0.05), so no autoreset step leaked into one."""
+    venv = gym.make_vec(ENV_ID, num_envs=4, vectorization_mode="vector_entry_point")
+    with client.create_session(POLICY, seed=0) as session:
+        episodes = rollout(venv, session, episodes=8, seed=3)
+    venv.close()
+    assert len(episodes) == 8
+    for ep in episodes:
+        assert np.abs(ep.observations[0]).max() <= 0.05
+        assert ep.terminated != ep.truncated and ep.truncated == (len(ep) == 200)
+        np.testing.assert_array_equal(ep.rewards, 1.0)
