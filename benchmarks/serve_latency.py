@@ -245,15 +245,21 @@ def in_process_adapt(model_dir: Path, eps: list[tuple[np.ndarray, ...]], n: int)
     from metarl.checkpoint import load_checkpoint
 
     torch.set_num_threads(1)
-    ckpt = load_checkpoint(next(model_dir.glob("navigation-2d/*/manifest.json")).parent)
-    teps = [tuple(torch.from_numpy(x) for x in e) for e in eps]
+    key = str(model_dir)
+    if key not in _CACHE:
+        ckpt = load_checkpoint(next(model_dir.glob("navigation-2d/*/manifest.json")).parent)
+        teps = [tuple(torch.from_numpy(x) for x in e) for e in eps]
 
-    def run() -> None:
-        batch = inner_loop.prepare(inner_loop.pad_episodes(teps), ckpt.inner_loop)  # type: ignore[arg-type]
-        inner_loop.adapt(ckpt.spec, ckpt.params, batch, lr=ckpt.inner_loop.lr, steps=1)
+        def run() -> None:
+            batch = inner_loop.prepare(inner_loop.pad_episodes(teps), ckpt.inner_loop)  # type: ignore[arg-type]
+            inner_loop.adapt(ckpt.spec, ckpt.params, batch, lr=ckpt.inner_loop.lr, steps=1)
 
-    timed(run, 5)
-    return timed(run, n)
+        timed(run, 5)  # warm up (torch.func's first call)
+        _CACHE[key] = run
+    return timed(_CACHE[key], n)
+
+
+_CACHE: dict[str, Callable[[], None]] = {}
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -267,6 +273,7 @@ def main() -> None:
     ap.add_argument("--qps-seconds", type=float, default=5.0)
     ap.add_argument("--adapts", type=int, default=30)
     ap.add_argument("--sessions", type=int, default=10_000, help="adapted sessions for RSS")
+    ap.add_argument("--server-args", default="", help="extra options for the policy server")
     ap.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.echo_server:
@@ -283,7 +290,8 @@ def main() -> None:
     server_proc, port = start(
         [sys.executable, "-m", "metarl_server", "--host", "127.0.0.1", "--port", "0",
          "--model-dir", str(model_dir), "--max-sessions", str(args.sessions + 100),
-         "--poll-interval", "0", "--metrics-port", "0", "--log-level", "WARNING"],
+         "--poll-interval", "0", "--metrics-port", "0", "--log-level", "WARNING",
+         *args.server_args.split()],
     )  # fmt: skip
     rows: list[tuple[str, str, str, str, str]] = []
     try:
@@ -362,11 +370,19 @@ def main() -> None:
         adapt_req = pb.AdaptRequest(session_id=sid, episodes=episodes_proto(eps), steps=1)
         for _ in range(3):
             stub.Adapt(adapt_req)
-        served = timed(lambda: stub.Adapt(adapt_req), args.adapts)
-        local = in_process_adapt(model_dir, eps, args.adapts)
+        served, inside = [], []
+        local = []
+        for _ in range(args.adapts):  # alternate, against load changes
+            t = time.perf_counter()
+            resp = stub.Adapt(adapt_req)
+            served.append(time.perf_counter() - t)
+            inside.append(resp.stats.duration_seconds)
+            local.append(in_process_adapt(model_dir, eps, 1)[0])
         sa, la = np.median(served) * 1e3, np.median(local) * 1e3
         rows.append(("Adapt 20 ep x 100 steps (p50)", f"{sa:.1f} ms", f"{la:.1f} ms in process",
                      f"{sa / la:.2f}", "≤ 1.5"))  # fmt: skip
+        rows.append(("  of which in the server (p50)", f"{np.median(inside) * 1e3:.1f} ms",
+                     "(handler start to end)", "-", "-"))  # fmt: skip
 
         # RSS with N adapted sessions
         for s in [sid, *sessions]:

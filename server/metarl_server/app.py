@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -381,7 +382,9 @@ def create_server(
         interceptors.append(AuthInterceptor(tokens))
     server = grpc.server(
         futures.ThreadPoolExecutor(
-            max_workers=cfg.workers + cfg.max_pending_adaptations, thread_name_prefix="metarl-rpc"
+            max_workers=cfg.workers + cfg.max_pending_adaptations,
+            thread_name_prefix="metarl-rpc",
+            initializer=_quiet_numpy,
         ),
         interceptors=interceptors,
         options=_server_options(cfg),
@@ -418,6 +421,12 @@ def create_server(
     wrapper = Server(server, port, cfg, service, health_servicer, metrics, adapter, owns_adapter)
     wrapper.set_serving(len(registry) > 0)
     return wrapper, port
+
+
+def _quiet_numpy() -> None:
+    """Handler threads: floating-point overflow is no warning (a non-finite policy output is
+    answered with INVALID_ARGUMENT instead)."""
+    np.seterr(all="ignore")
 
 
 def _on_session_removed(

@@ -80,6 +80,11 @@ class ActBatcher:
         """Computes ``job`` (alone or batched with concurrent jobs): sets its ``actions`` and
         ``log_probs``, or, for one observation computed alone, ``action`` and ``log_prob``
         (see :meth:`ActJob.result_one`)."""
+        if self.max_batch <= 1:  # batching off: every call computes in its own thread
+            _compute_one(job)
+            if job.error is not None:
+                raise job.error
+            return job
         with self._lock:
             if self._busy:
                 job.event = threading.Event()
