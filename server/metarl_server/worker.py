@@ -129,7 +129,7 @@ def adapt(job: AdaptJob) -> AdaptResult:
     :class:`AdaptationError` when the loss or the new parameters are not finite."""
     import torch
 
-    from metarl import inner_loop, policies
+    from metarl import inner_loop
     from metarl.inner_loop import InnerLoopConfig
     from metarl.policies import PolicySpec
 
@@ -146,19 +146,19 @@ def adapt(job: AdaptJob) -> AdaptResult:
         (torch.from_numpy(o), torch.from_numpy(a), torch.from_numpy(r)) for o, a, r in job.episodes
     ]
     batch = inner_loop.prepare(inner_loop.pad_episodes(episodes), config)
-    with torch.no_grad():
-        loss_before = inner_loop.reinforce_loss(spec, policies.stack(spec, params, 1), batch)
-    if not torch.isfinite(loss_before).all():
+    adapted = inner_loop.adapt(spec, params, batch, lr=lr, steps=job.steps)
+    with torch.no_grad():  # the loss before and after in one pass: θ and θ' stacked 2 deep
+        both = {k: torch.stack([params[k], adapted[k][0]]) for k in params}
+        pair = inner_loop.LossBatch(*(t.expand(2, *t.shape[1:]) for t in batch))
+        loss_before, loss_after = inner_loop.reinforce_loss(spec, both, pair)
+    if not torch.isfinite(loss_before):
         raise AdaptationError(
             "the inner loss of the current parameters on these episodes is not finite: "
             "observations or rewards are too large for the policy (scale them down)",
             kind="invalid",
         )
-    adapted = inner_loop.adapt(spec, params, batch, lr=lr, steps=job.steps)
-    with torch.no_grad():
-        loss_after = inner_loop.reinforce_loss(spec, adapted, batch)
     flat = _flatten(spec, {k: v[0] for k, v in adapted.items()})
-    if not (torch.isfinite(flat).all() and torch.isfinite(loss_after).all()):
+    if not (torch.isfinite(flat).all() and torch.isfinite(loss_after)):
         raise AdaptationError(
             "adaptation diverged (non-finite parameters); the session keeps its parameters: "
             "ask for fewer steps or send other episodes"
