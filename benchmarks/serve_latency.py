@@ -108,6 +108,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> list[int]:
     out: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -172,14 +178,23 @@ def timed(call: Callable[[], Any], n: int) -> np.ndarray:
     return out
 
 
-def interleaved(calls: dict[str, Callable[[], Any]], n: int, rounds: int = 20) -> dict[str, Any]:
-    """Alternates the candidates in rounds so that slow phases of the machine hit all of them."""
+def interleaved(
+    calls: dict[str, Callable[[], Any]],
+    n: int,
+    rounds: int = 20,
+    cpu: tuple[dict[str, float], dict[str, int]] | None = None,
+) -> dict[str, Any]:
+    """Alternates the candidates in rounds so that slow phases of the machine hit all of them;
+    with ``cpu`` (totals, server pids) also adds up each server's CPU time per call."""
     for call in calls.values():
         timed(call, 200)  # warm up
     parts: dict[str, list[np.ndarray]] = {k: [] for k in calls}
     for _ in range(rounds):
         for k, call in calls.items():
+            before = cpu_seconds(cpu[1][k]) if cpu else 0.0
             parts[k].append(timed(call, n // rounds))
+            if cpu:
+                cpu[0][k] += (cpu_seconds(cpu[1][k]) - before) / n
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
@@ -320,12 +335,22 @@ def main() -> None:
         echo_unary = echo_channel.unary_unary(
             f"/{ECHO}/Unary", pb.ActRequest.SerializeToString, pb.ActRequest.FromString
         )
-        lat = interleaved({"act": lambda: stub.Act(act_req), "echo": lambda: echo_unary(act_req)},
-                          args.calls)  # fmt: skip
+        cpu = {"act": 0.0, "echo": 0.0}
+        pids = {"act": server_proc.pid, "echo": echo_proc.pid}
+
+        lat = interleaved(
+            {"act": lambda: stub.Act(act_req), "echo": lambda: echo_unary(act_req)},
+            args.calls,
+            cpu=(cpu, pids),
+        )
         for q, target_ratio in ((50, 1.15), (99, None)):
             a, e = np.percentile(lat["act"], q) * 1e6, np.percentile(lat["echo"], q) * 1e6
             rows.append((f"Act p{q}", f"{a:.0f} µs", f"{e:.0f} µs", f"{a / e:.2f}",
                          f"≤ {target_ratio}" if target_ratio else "-"))  # fmt: skip
+
+        ca, ce = cpu["act"] * 1e6, cpu["echo"] * 1e6
+        rows.append(("  server CPU per call (all threads)", f"{ca:.0f} µs", f"{ce:.0f} µs",
+                     f"{ca / ce:.2f}", "-"))  # fmt: skip
 
         # StreamAct against bidi echo
         first = pb.StreamActRequest(session_id=sid, observation=to_tensor(obs))
