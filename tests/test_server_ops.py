@@ -263,3 +263,44 @@ def test_serve_process_is_torch_free_and_drains_on_sigterm(
     err = proc.stderr.read() if proc.stderr else ""
     messages = [json.loads(line)["message"] for line in err.splitlines() if line.startswith("{")]
     assert any("draining" in m for m in messages) and messages[-1] == "stopped"
+
+
+def test_oversized_messages_are_resource_exhausted(registry: Any) -> None:
+    with serving(registry, max_message_mb=1) as (_srv, channel):
+        s = stub(channel)
+        sid = create(s, CARTPOLE)
+        big = np.zeros((70_000, 4), np.float32)  # 1.1 MB
+        with pytest.raises(grpc.RpcError) as err:
+            act(s, sid, big)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        act(s, sid, OBS)  # the connection and the session are fine
+
+
+def test_a_dead_adaptation_worker_is_replaced(registry: Any) -> None:
+    from metarl_server.adapter import Adapter
+
+    adapter = Adapter(processes=1, warm_up=False)
+    server, port = create_server("[::]:0", registry, ServeConfig(), adapter=adapter)
+    server.start()
+    eps = [episode_proto(*e) for e in random_episodes(2, 5, 4, None)]
+    try:
+        with grpc.insecure_channel(f"localhost:{port}") as channel:
+            s = stub(channel)
+            sid = create(s, CARTPOLE)
+            s.Adapt(pb.AdaptRequest(session_id=sid, episodes=eps))
+            (pid,) = adapter._pool._processes  # type: ignore[attr-defined]
+            os.kill(pid, signal.SIGKILL)
+            codes = []
+            for _ in range(3):
+                try:
+                    s.Adapt(pb.AdaptRequest(session_id=sid, episodes=eps), timeout=120)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+            # at most the call that met the dead worker fails, with UNAVAILABLE (retryable)
+            assert codes[-1] == grpc.StatusCode.OK
+            assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
+            info = s.GetSession(pb.GetSessionRequest(session_id=sid)).session
+            assert info.adaptations == 1 + codes.count(grpc.StatusCode.OK)
+    finally:
+        server.stop(None).wait(30)

@@ -374,6 +374,7 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
             with s.lock:
                 s.adapting = False
         self.sessions.save(s)
+        self.sessions.get(s.id)  # NOT_FOUND if the session was deleted while adapting
         self.metrics.adaptations.labels("ok").inc()
         self.metrics.adapt_seconds.observe(result.compute_seconds)
         log.info(
