@@ -197,6 +197,8 @@ def shared_adapter(cfg: ServeConfig) -> Adapter:
         if adapter is None:
             adapter = _shared[key] = Adapter(*key)
             atexit.register(adapter.close)
+            # start the workers (and their torch.func warm-up) now, not on the first Adapt
+            threading.Thread(target=adapter.start, name="metarl-adapt-start", daemon=True).start()
         return adapter
 
 
