@@ -1,11 +1,13 @@
 """Load test: concurrent clients mixing CreateSession/Act/StreamAct/Adapt/DeleteSession.
 
-Starts `metarl serve` as its own process on a free loopback port (or uses --target), runs
---clients client threads spread over --procs processes for --seconds, and prints per-RPC counts,
-errors and p50/p99 latencies. Every request goes to 127.0.0.1 only.
+For each session store (in-memory, then Redis: a throwaway redis-server unless --redis-url),
+starts `metarl serve` as its own process on a free loopback port, runs --clients client threads
+spread over --procs processes for --seconds, and prints per-RPC counts, errors and p50/p99
+latencies, with Redis's p50 as a ratio of memory's from the same run. Requests go to 127.0.0.1
+only.
 
-    .venv/bin/python benchmarks/load.py --seconds 60 --clients 32
-    .venv/bin/python benchmarks/load.py --seconds 60 --clients 32 --serve-args "--session-store redis://127.0.0.1:6379/0"
+    .venv/bin/python benchmarks/load.py                     # memory, then Redis; 60 s each
+    .venv/bin/python benchmarks/load.py --stores memory --seconds 10
 """
 
 from __future__ import annotations
@@ -169,34 +171,40 @@ def wait_until_serving(target: str, timeout: float = 120.0) -> None:
     raise SystemExit(f"{target} did not become SERVING within {timeout:.0f} s")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--target", default="", help="existing server; empty starts one")
-    ap.add_argument("--serve-args", default="", help="extra `metarl serve` arguments")
-    ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--clients", type=int, default=32, help="concurrent clients in all")
-    ap.add_argument("--procs", type=int, default=4, help="client processes")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    args = ap.parse_args()
+def start_redis() -> tuple[subprocess.Popen[bytes], str]:
+    """A throwaway redis-server on a free loopback port (scripts/ensure-redis.sh installs it)."""
+    import shutil
+    import socket
 
-    proc = None
-    target = args.target
-    if not target:
-        proc, target = start_server(args.serve_args)
-    try:
-        per_proc = [
-            args.clients // args.procs + (i < args.clients % args.procs) for i in range(args.procs)
-        ]
-        with mp.get_context("spawn").Pool(args.procs) as pool:
-            parts = pool.starmap(
-                process_main, [(target, args.seconds, n, i) for i, n in enumerate(per_proc)]
-            )
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is missing: run scripts/ensure-redis.sh")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            client.ping()
+            return proc, f"redis://127.0.0.1:{port}/0"
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("redis-server did not start")
+
+
+def run(target: str, seconds: float, clients: int, procs: int) -> dict[str, dict[str, float]]:
+    per_proc = [clients // procs + (i < clients % procs) for i in range(procs)]
+    with mp.get_context("spawn").Pool(procs) as pool:
+        parts = pool.starmap(
+            process_main, [(target, seconds, n, i) for i, n in enumerate(per_proc)]
+        )
     lat: dict[str, list[float]] = defaultdict(list)
     errors: dict[str, list[str]] = defaultdict(list)
     for part in parts:
@@ -204,7 +212,7 @@ def main() -> None:
             lat[k] += v
         for k, v in part["errors"].items():
             errors[k] += v
-    rows = {}
+    rows: dict[str, dict[str, float]] = {}
     for name in sorted(set(lat) | set(errors)):
         ms = np.array(lat.get(name, [float("nan")])) * 1000
         rows[name] = {
@@ -213,27 +221,76 @@ def main() -> None:
             "p50_ms": float(np.percentile(ms, 50)),
             "p99_ms": float(np.percentile(ms, 99)),
         }
-    total_errors = sum(r["errors"] for r in rows.values())
+    for name, msgs in errors.items():
+        print(f"  errors in {name}: {msgs[:3]}", file=sys.stderr)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--stores",
+        default="memory,redis",
+        help="session stores to measure, in turn, against a fresh server each",
+    )
+    ap.add_argument("--redis-url", default="", help="Redis to use; empty starts a throwaway one")
+    ap.add_argument("--serve-args", default="", help="extra `metarl serve` arguments")
+    ap.add_argument("--seconds", type=float, default=60.0, help="duration per store")
+    ap.add_argument("--clients", type=int, default=32, help="concurrent clients in all")
+    ap.add_argument("--procs", type=int, default=4, help="client processes")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args()
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    redis_proc = None
+    try:
+        for store in args.stores.split(","):
+            url = "memory"
+            if store == "redis":
+                if args.redis_url:
+                    url = args.redis_url
+                else:
+                    redis_proc, url = start_redis()
+            proc, target = start_server(f"--session-store {url} {args.serve_args}")
+            try:
+                results[store] = run(target, args.seconds, args.clients, args.procs)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+    finally:
+        if redis_proc is not None:
+            redis_proc.kill()
+    total_errors = int(sum(r["errors"] for rows in results.values() for r in rows.values()))
     if args.json:
         print(
             json.dumps(
                 {
                     "clients": args.clients,
                     "seconds": args.seconds,
-                    "serve_args": args.serve_args,
-                    "rpcs": rows,
+                    "results": results,
                     "errors": total_errors,
                 }
             )
         )
     else:
-        print(f"{args.clients} clients x {args.seconds:.0f} s against {target} {args.serve_args}")
-        print(f"{'rpc':<22}{'ok':>9}{'errors':>8}{'p50 ms':>10}{'p99 ms':>10}")
-        for name, r in rows.items():
-            print(f"{name:<22}{r['ok']:>9}{r['errors']:>8}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}")
+        print(f"{args.clients} clients for {args.seconds:.0f} s per store, {os.cpu_count()} CPUs")
+        stores = list(results)
+        head = "".join(f"{s + ' ok':>12}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}" for s in stores)
+        print(f"{'rpc':<22}{head}" + ("   p50 ratio" if len(stores) == 2 else ""))
+        for name in sorted({n for rows in results.values() for n in rows}):
+            line = f"{name:<22}"
+            for s in stores:
+                r = results[s].get(
+                    name, {"ok": 0, "errors": 0, "p50_ms": float("nan"), "p99_ms": float("nan")}
+                )
+                line += f"{r['ok']:>12.0f}{r['errors']:>8.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+            if len(stores) == 2 and name in results[stores[0]] and name in results[stores[1]]:
+                ratio = results[stores[1]][name]["p50_ms"] / results[stores[0]][name]["p50_ms"]
+                line += f"   {ratio:>6.2f}x"
+            print(line)
         print(f"total errors: {total_errors}")
-        for name, msgs in errors.items():
-            print(f"  {name}: {msgs[:3]}")
     sys.exit(1 if total_errors else 0)
 
 
