@@ -306,3 +306,24 @@ def test_a_dead_adaptation_worker_is_replaced(registry: Any) -> None:
             assert info.adaptations == 1 + codes.count(grpc.StatusCode.OK)
     finally:
         server.stop(None).wait(30)
+
+
+def test_adaptation_workers_exit_when_the_server_is_killed(
+    served_process: tuple[subprocess.Popen[str], int],
+) -> None:
+    proc, port = served_process
+    with grpc.insecure_channel(f"localhost:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 60
+        while health.Check(health_pb2.HealthCheckRequest()).status != SERVING:
+            assert time.monotonic() < deadline, "never became SERVING"
+            time.sleep(0.1)
+    kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    workers = [k for k in kids if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+    assert workers
+    proc.kill()  # SIGKILL: the server cannot stop its workers itself
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{k}").exists() for k in workers):
+        assert time.monotonic() < deadline, "an adaptation worker outlived its server"
+        time.sleep(0.1)

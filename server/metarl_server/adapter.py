@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -60,7 +61,7 @@ class Adapter:
             self.processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=worker.init,
-            initargs=(self.torch_threads, self.warm_up),
+            initargs=(self.torch_threads, self.warm_up, os.getpid()),
         )
 
     @property

@@ -12,6 +12,8 @@ The inner loop is :mod:`metarl.inner_loop`'s, called exactly as the trainer call
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,15 +74,27 @@ class AdaptResult:
     compute_seconds: float
 
 
-def init(torch_threads: int = 1, warm_up: bool = True) -> None:
+def init(torch_threads: int = 1, warm_up: bool = True, parent_pid: int | None = None) -> None:
     """Process initializer: few torch threads (adaptation shares the machine with serving) and a
     warm-up adaptation, so ``torch.func``'s lazy initialisation (~1 s) is not paid by the first
-    client's ``Adapt``."""
+    client's ``Adapt``. With ``parent_pid`` (the serving process), the worker exits when that
+    process is gone, even if it was killed (SIGKILL, out of memory) and could not stop it."""
     import torch
 
+    if parent_pid is not None:
+        threading.Thread(
+            target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True
+        ).start()
     torch.set_num_threads(max(1, torch_threads))
     if warm_up:
         warm_up_inner_loop()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent_pid:  # reparented: the serving process died
+            os._exit(0)
 
 
 def warm_up_inner_loop() -> None:
