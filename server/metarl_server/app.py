@@ -131,9 +131,10 @@ class ServeConfig:
     """Most Adapt calls queued or running; more get RESOURCE_EXHAUSTED."""
     metrics_port: int | None = field(default_factory=env("metrics_port", None, int))
     """Serve Prometheus metrics on this port (/metrics); none when unset."""
-    auth_token: str | None = field(default_factory=env("auth_token", None, str))
+    auth_token: str | None = None
     """Require 'authorization: Bearer <token>' metadata on every call but health checks.
-    Prefer METARL_AUTH_TOKEN or --auth-token-file to keep it out of the process list."""
+    Prefer METARL_AUTH_TOKEN (read when the server starts, never shown by --help) or
+    --auth-token-file to keep it out of the process list."""
     auth_token_file: Path | None = field(default_factory=env("auth_token_file", None, Path))
     """A file of accepted tokens, one per line (for example a mounted secret)."""
     tls_cert: Path | None = field(default_factory=env("tls_cert", None, Path))
@@ -159,7 +160,9 @@ class ServeConfig:
     """Log lines as text, or one JSON object per line."""
 
     def tokens(self) -> list[str]:
-        tokens = [self.auth_token] if self.auth_token else []
+        """The accepted bearer tokens: --auth-token (else METARL_AUTH_TOKEN) and the file's."""
+        token = self.auth_token or os.environ.get(ENV_PREFIX + "AUTH_TOKEN")
+        tokens = [token] if token else []
         if self.auth_token_file:
             lines = self.auth_token_file.read_text().splitlines()
             tokens += [t.strip() for t in lines if t.strip()]
