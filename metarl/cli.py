@@ -6,17 +6,24 @@ import sys
 
 import tyro
 
-from metarl.demo import DemoConfig
-from metarl.eval import EvalConfig
-from metarl.train import TrainConfig
-
 
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["serve"]:
+        # The serving process never needs torch (~220 MB): skip the trainer's imports.
+        from metarl_server.app import ServeConfig, serve
+
+        serve(tyro.cli(ServeConfig, args=args[1:], prog="metarl serve"))
+        return
+
+    from metarl.demo import DemoConfig
+    from metarl.eval import EvalConfig
+    from metarl.train import TrainConfig
     from metarl_server.app import ServeConfig
 
     cfg = tyro.extras.subcommand_cli_from_dict(
         {"train": TrainConfig, "eval": EvalConfig, "serve": ServeConfig, "demo": DemoConfig},
-        args=sys.argv[1:] if argv is None else argv,
+        args=args,
         prog="metarl",
         description="Meta-train, evaluate, serve and try adaptable RL policies.",
     )
@@ -29,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         from metarl.eval import run_eval
 
         run_eval(cfg)
-    elif isinstance(cfg, ServeConfig):
+    elif isinstance(cfg, ServeConfig):  # (only reached through an abbreviated argv)
         from metarl_server.app import serve
 
         serve(cfg)
