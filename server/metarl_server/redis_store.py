@@ -22,20 +22,16 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import threading
 import time
 from typing import Any
 
-import numpy as np
 import redis
 from redis.exceptions import RedisError
 
 from metarl_server.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from metarl_server.registry import PolicyRegistry, shorten
 from metarl_server.sessions import (
-    SESSION_ID_BYTES,
-    Recording,
     Session,
     SessionStore,
 )
@@ -165,14 +161,8 @@ class RedisSessionStore(SessionStore):
     # -- SessionStore --------------------------------------------------------------------------
 
     def create(self, policy: Any, seed: int | None, record: bool) -> Session:
-        seed = secrets.randbits(63) if seed is None else seed
-        session = Session(
-            id=secrets.token_hex(SESSION_ID_BYTES),
-            policy=policy,
-            param_set=policy.param_set,
-            rng=np.random.Generator(np.random.PCG64(seed)),
-            recording=Recording(self.max_recorded_transitions) if record else None,
-            ttl_seconds=self.ttl_seconds,
+        session = Session.new(
+            policy, seed, self.ttl_seconds, self.max_recorded_transitions if record else None
         )
         try:
             ok = self._create(

@@ -178,6 +178,28 @@ class Session:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     """Guards the recording, the counters and ``adapting``; never held while adapting."""
 
+    @classmethod
+    def new(
+        cls,
+        policy: PolicyVersion,
+        seed: int | None,
+        ttl_seconds: float,
+        max_recorded_transitions: int | None,
+    ) -> Session:
+        """A fresh session on ``policy``'s meta-trained parameters, with a random id; it records
+        (up to ``max_recorded_transitions``) unless that is None."""
+        seed = secrets.randbits(63) if seed is None else seed
+        return cls(
+            id=secrets.token_hex(SESSION_ID_BYTES),
+            policy=policy,
+            param_set=policy.param_set,
+            rng=np.random.Generator(np.random.PCG64(seed)),
+            recording=None
+            if max_recorded_transitions is None
+            else Recording(max_recorded_transitions),
+            ttl_seconds=ttl_seconds,
+        )
+
     @property
     def expires_at(self) -> float:
         return time.time() + self.ttl_seconds - (time.monotonic() - self.last_used)
@@ -315,14 +337,8 @@ class InMemorySessionStore(SessionStore):
             self._removed(s, "expired")
 
     def create(self, policy: PolicyVersion, seed: int | None, record: bool) -> Session:
-        seed = secrets.randbits(63) if seed is None else seed
-        session = Session(
-            id=secrets.token_hex(SESSION_ID_BYTES),
-            policy=policy,
-            param_set=policy.param_set,
-            rng=np.random.Generator(np.random.PCG64(seed)),
-            recording=Recording(self.max_recorded_transitions) if record else None,
-            ttl_seconds=self.ttl_seconds,
+        session = Session.new(
+            policy, seed, self.ttl_seconds, self.max_recorded_transitions if record else None
         )
         with self._lock:
             expired = self._expire_locked(time.monotonic())
