@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -168,10 +169,13 @@ def act(
     *,
     deterministic: bool = False,
     generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Actions for ``obs`` and their log-probabilities.
 
-    Sampling draws from ``generator`` so a seeded generator gives the same actions every run.
+    Sampling draws from ``generator`` so a seeded generator gives the same actions every run, or
+    uses ``noise`` drawn beforehand (:func:`action_noise`), so that callers can give every task
+    its own random stream.
     """
     out = forward(spec, params, obs)
     if spec.distribution == "categorical":
@@ -179,14 +183,32 @@ def act(
         if deterministic:
             actions = logp_all.argmax(-1)
         else:  # inverse-CDF sampling: cheaper than torch.distributions, same law
-            u = torch.rand((*out.shape[:-1], 1), generator=generator, dtype=out.dtype)
+            u = (
+                noise
+                if noise is not None
+                else action_noise(spec, out.shape[:-1], generator, out.dtype)
+            )
             cdf = logp_all.exp().cumsum(-1)
-            actions = (cdf < u).sum(-1).clamp_(max=spec.action_dim - 1)
+            actions = (cdf < u.to(out.dtype)).sum(-1).clamp_(max=spec.action_dim - 1)
         return actions, logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     log_std = _log_std(params)
     if deterministic:
         actions = out
     else:
-        noise = torch.randn(out.shape, generator=generator, dtype=out.dtype)
-        actions = out + noise * torch.exp(log_std)
+        if noise is None:
+            noise = action_noise(spec, out.shape[:-1], generator, out.dtype)
+        actions = out + noise.to(out.dtype) * torch.exp(log_std)
     return actions, _gaussian_log_prob(actions, out, log_std)
+
+
+def action_noise(
+    spec: PolicySpec,
+    batch_shape: Sequence[int],
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """The randomness :func:`act` consumes for a batch of observations: standard normal noise
+    ``[*batch_shape, action_dim]`` (gaussian) or uniforms ``[*batch_shape, 1]`` (categorical)."""
+    if spec.distribution == "categorical":
+        return torch.rand((*batch_shape, 1), generator=generator, dtype=dtype)
+    return torch.randn((*batch_shape, spec.action_dim), generator=generator, dtype=dtype)

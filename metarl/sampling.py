@@ -1,4 +1,11 @@
-"""Vectorized rollouts: every episode of every task of a meta-batch in one batched env."""
+"""Vectorized rollouts: every episode of every task of a meta-batch in one batched env.
+
+Randomness comes either from one ``rng``/``generator`` pair for the whole batch, or from one
+``numpy`` generator per task (``task_rngs``): then a task's episodes depend only on its own
+stream, not on which other tasks share the batch. The trainer uses per-task streams so that
+splitting a meta-batch's tasks over ``torchrun`` processes samples exactly the episodes a single
+process would.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,9 @@ from metarl.envs.base import BatchedTaskEnv, Task
 from metarl.inner_loop import EpisodeBatch
 from metarl.policies import Params, PolicySpec
 
+# Seeds resets of families that cannot restart single envs: its draws are all overwritten.
+_PLACEHOLDER_SEED = 0
+
 
 def sample_episodes(
     env: BatchedTaskEnv,
@@ -21,22 +31,37 @@ def sample_episodes(
     tasks: Sequence[Task],
     episodes_per_task: int,
     *,
-    rng: np.random.Generator,
-    generator: torch.Generator,
+    rng: np.random.Generator | None = None,
+    generator: torch.Generator | None = None,
+    task_rngs: Sequence[np.random.Generator] | None = None,
     deterministic: bool = False,
 ) -> EpisodeBatch:
     """Runs ``episodes_per_task`` episodes on each task, all at once.
 
     ``params`` are shared by all tasks, or stacked one per task. ``env`` must hold
-    ``len(tasks) * episodes_per_task`` envs. The same ``rng`` and ``generator`` states give the
-    same episodes.
+    ``len(tasks) * episodes_per_task`` envs. Give either ``rng`` and ``generator`` (env resets and
+    actions of the whole batch) or ``task_rngs`` (one generator per task, for its resets and
+    actions; the family must implement ``reset_envs`` for resets to be per task too). The same
+    generator states give the same episodes.
     """
     k, e = len(tasks), episodes_per_task
     if env.num_envs != k * e:
         raise ValueError(f"env holds {env.num_envs} envs, need {k} tasks x {e} episodes = {k * e}")
+    if (task_rngs is None) == (rng is None or generator is None):
+        raise ValueError("pass either rng and generator, or task_rngs")
     horizon = env.max_episode_steps
     env.set_tasks([task for task in tasks for _ in range(e)])
-    obs = env.reset(rng)
+    noise: Tensor | None = None
+    if task_rngs is not None:
+        if len(task_rngs) != k:
+            raise ValueError(f"need one generator per task: {k} tasks, {len(task_rngs)} given")
+        obs = _reset_per_task(env, task_rngs, e)
+        if not deterministic:  # [H, K, E, ...]: each task's draws from its own stream
+            gens = [torch.Generator().manual_seed(int(r.integers(2**63))) for r in task_rngs]
+            noise = torch.stack([policies.action_noise(spec, (horizon, e), g) for g in gens], 1)
+    else:
+        assert rng is not None
+        obs = env.reset(rng)
     obs_buf = np.zeros((horizon, k * e, *obs.shape[1:]), dtype=np.float32)
     rew_buf = np.zeros((horizon, k * e), dtype=np.float32)
     mask_buf = np.zeros((horizon, k * e), dtype=np.float32)
@@ -49,7 +74,12 @@ def sample_episodes(
             mask_buf[t] = alive
             obs_t = torch.from_numpy(obs).view(k, e, -1)
             actions, _ = policies.act(
-                spec, stacked, obs_t, deterministic=deterministic, generator=generator
+                spec,
+                stacked,
+                obs_t,
+                deterministic=deterministic,
+                generator=generator,
+                noise=None if noise is None else noise[t],
             )
             act_list.append(actions.reshape(k * e, *actions.shape[2:]))
             env_actions = actions.reshape(k * e, *actions.shape[2:]).numpy()
@@ -74,6 +104,24 @@ def sample_episodes(
         rewards=to_batch(torch.from_numpy(rew_buf)),
         mask=to_batch(torch.from_numpy(mask_buf)),
     )
+
+
+def _reset_per_task(
+    env: BatchedTaskEnv, task_rngs: Sequence[np.random.Generator], episodes_per_task: int
+) -> np.ndarray:
+    """Resets every env, drawing task ``i``'s initial states from ``task_rngs[i]``."""
+    if not env.supports_partial_reset():
+        # One stream for the batch, seeded by all tasks' streams: reproducible, but a task's
+        # initial states then depend on the other tasks of the batch.
+        seeds = [int(r.integers(2**63)) for r in task_rngs]
+        return env.reset(np.random.default_rng(seeds))
+    obs = env.reset(np.random.default_rng(_PLACEHOLDER_SEED))
+    mask = np.zeros(env.num_envs, dtype=bool)
+    for i, task_rng in enumerate(task_rngs):
+        mask[:] = False
+        mask[i * episodes_per_task : (i + 1) * episodes_per_task] = True
+        obs = env.reset_envs(mask, task_rng)
+    return obs
 
 
 def episode_returns(batch: EpisodeBatch) -> Tensor:

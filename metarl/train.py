@@ -1,31 +1,57 @@
-"""Meta-train a policy with MAML and write a checkpoint the server can load.
+"""Meta-train a policy (MAML, first-order MAML or Meta-SGD; Adam or TRPO outer loop) and write a
+checkpoint the server can load.
 
-    metarl train --env metarl/CartPoleFamily-v0 --iterations 150 --out runs/cartpole --seed 1
+    metarl train --env metarl/CartPoleFamily-v0 --iterations 300 --out runs/cartpole --seed 1
+    metarl train --env metarl/Navigation2D-v0 --outer trpo --inner-lr 0.1 --episodes-per-task 20 \\
+        --hidden-sizes 64 64 --out runs/nav
+    torchrun --nproc_per_node=2 -m metarl.train ...   # the tasks of each meta-batch split over 2
 
 Each iteration: draw a meta-batch of tasks; sample episodes on every task with theta; adapt
-theta -> theta'_i (the shared inner loop); sample episodes with each theta'_i; step Adam on the
-mean post-adaptation loss, differentiated through the inner loop (second order unless
-``--algo fomaml``).
+theta -> theta'_i with the inner loop the server runs; sample episodes with each theta'_i; update
+theta (and, for Meta-SGD, the inner learning rates) to improve the post-update objective,
+differentiated through the inner loop (second order unless ``--algo fomaml``):
+
+* ``--outer adam``: one Adam step on the mean post-update REINFORCE loss;
+* ``--outer trpo`` (the MAML paper's): conjugate gradient on the Hessian of the KL between the
+  old and new adapted policies, then a backtracking line search on the importance-weighted
+  surrogate within ``--max-kl``.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
+import math
+import os
+import re
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from metarl import envs, policies
-from metarl.algorithms import maml
+from metarl import envs, inner_loop, policies
+from metarl.algorithms import distributed, maml, metasgd, trpo
 from metarl.checkpoint import Checkpoint, save_checkpoint
 from metarl.inner_loop import InnerLoopConfig
+from metarl.policies import Params
 from metarl.sampling import episode_returns, sample_episodes
+
+METRICS = [
+    "iteration",
+    "pre_return",
+    "post_return",
+    "outer_loss",
+    "kl",
+    "line_search_steps",
+    "inner_lr_mean",
+    "seconds",
+]
 
 
 @dataclass
@@ -44,14 +70,17 @@ class TrainConfig:
     """Policy name in the manifest; empty for one derived from the env id."""
     version: str = ""
     """Version label in the manifest; empty for a UTC timestamp."""
-    algo: Literal["maml", "fomaml"] = "maml"
-    """``maml`` differentiates through the inner loop (second order); ``fomaml`` does not."""
+    algo: Literal["maml", "fomaml", "metasgd"] = "maml"
+    """``maml``: second order, through the inner loop; ``fomaml``: first-order approximation;
+    ``metasgd``: second order, with per-parameter inner learning rates learned too."""
+    outer: Literal["adam", "trpo"] = "adam"
+    """Outer loop: Adam on the post-update loss, or TRPO (the MAML paper's)."""
     meta_batch_size: int = 20
-    """Tasks per meta-iteration."""
+    """Tasks per meta-iteration (split over processes under torchrun)."""
     episodes_per_task: int = 10
     """Episodes sampled per task, before and after adaptation."""
     inner_lr: float = 1.0
-    """Inner-loop learning rate alpha."""
+    """Inner-loop learning rate alpha (Meta-SGD: the rates' initial value)."""
     inner_steps: int = 1
     """Inner gradient steps."""
     discount: float = 0.99
@@ -60,18 +89,40 @@ class TrainConfig:
     """GAE lambda of the advantages."""
     normalize_advantages: bool = True
     """Normalize each task's advantages."""
+    baseline_reg: float = 1e-5
+    """Ridge coefficient of the linear feature baseline."""
     outer_lr: float = 1e-2
     """Adam learning rate of the outer loop."""
+    max_kl: float = 0.01
+    """TRPO: the trust region, a bound on the mean KL between old and new adapted policies."""
+    cg_iters: int = 10
+    """TRPO: conjugate-gradient iterations."""
+    cg_damping: float = 1e-5
+    """TRPO: damping added to the KL Hessian."""
+    ls_max_steps: int = 15
+    """TRPO: line-search steps before the update is rejected."""
+    ls_backtrack: float = 0.8
+    """TRPO: step shrink factor per line-search step."""
+    cg_subsample: float = 1.0
+    """TRPO: fraction of each task's episodes the KL curvature (conjugate gradient's products)
+    is computed on; 1 is every episode (exact). Fewer is cheaper, as rllab's subsample_factor
+    (TRPO paper, app. C); the gradient and the line search always use every episode."""
     hidden_sizes: tuple[int, ...] = (64,)
     """Hidden layer sizes of the MLP policy."""
     activation: Literal["tanh", "relu"] = "tanh"
     """Hidden nonlinearity."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of gaussian policies."""
     save_every: int = 25
     """Write the checkpoint every this many iterations (and at the end)."""
-    threads: int = 1
-    """Torch intra-op threads; small matmuls are fastest on one."""
+    threads: int = 0
+    """Worker threads per process; 0 for the machine's cores divided among torchrun's local
+    processes (never more threads than cores). Each meta-batch's tasks are split among them;
+    torch itself runs one thread, as OpenMP's thread teams stall on a busy machine."""
     metrics_csv: Path | None = None
     """CSV of per-iteration metrics; defaults to ``<out>.metrics.csv`` beside the checkpoint."""
+    tensorboard: bool = True
+    """Also write TensorBoard events to ``<out>.tensorboard/`` when tensorboard is installed."""
     progress: bool = True
     """Show a progress bar."""
     extra: dict[str, str] = field(default_factory=dict)
@@ -79,12 +130,41 @@ class TrainConfig:
 
 
 def default_name(env_id: str) -> str:
+    """``CartPoleFamily`` -> ``cart-pole-family``; ``Navigation2D`` -> ``navigation2d``."""
     base = env_id.split("/")[-1].split("-v")[0]
-    return "".join("-" + c.lower() if c.isupper() else c for c in base).lstrip("-")
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", "-", base).lower()
+
+
+def task_rngs(seed: int, iteration: int, phase: int, share: slice) -> list[np.random.Generator]:
+    """One random stream per task of this process's share (``phase`` 0: pre-, 1: post-update
+    episodes), keyed by the task's index in the meta-batch, so any split samples the same."""
+    return [
+        np.random.default_rng([seed, iteration, phase, i]) for i in range(share.start, share.stop)
+    ]
+
+
+def detached(params: Params) -> Params:
+    return {k: v.detach() for k, v in params.items()}
 
 
 def train(cfg: TrainConfig) -> Checkpoint:
-    torch.set_num_threads(cfg.threads)
+    ctx = distributed.init()
+    threads = cfg.threads or distributed.default_threads(ctx)
+    workers = ThreadPoolExecutor(threads, "metarl-train") if threads > 1 else None
+    try:
+        return _train(cfg, ctx, workers, threads)
+    finally:
+        if workers is not None:
+            workers.shutdown()
+        distributed.shutdown(ctx)
+
+
+def _train(
+    cfg: TrainConfig, ctx: distributed.Context, workers: Executor | None, threads: int
+) -> Checkpoint:
+    if not 0 < cfg.cg_subsample <= 1:
+        raise ValueError(f"--cg-subsample must be in (0, 1], got {cfg.cg_subsample}")
+    torch.set_num_threads(1)  # parallelism comes from `workers` (and processes)
     family = envs.family(cfg.env)
     batched_cls = family.batched_cls
     spec = policies.PolicySpec.for_spaces(
@@ -92,6 +172,7 @@ def train(cfg: TrainConfig) -> Checkpoint:
         batched_cls.action_space,
         hidden_sizes=tuple(cfg.hidden_sizes),
         activation=cfg.activation,
+        init_log_std=cfg.init_log_std,
     )
     inner = InnerLoopConfig(
         lr=cfg.inner_lr,
@@ -99,13 +180,22 @@ def train(cfg: TrainConfig) -> Checkpoint:
         discount=cfg.discount,
         gae_lambda=cfg.gae_lambda,
         normalize_advantages=cfg.normalize_advantages,
+        baseline_reg=cfg.baseline_reg,
+    )
+    trpo_cfg = trpo.TRPOConfig(
+        cfg.max_kl, cfg.cg_iters, cfg.cg_damping, cfg.ls_max_steps, cfg.ls_backtrack
     )
 
-    rng = np.random.default_rng(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    # Meta-parameters: theta, and for Meta-SGD one inner learning rate per parameter.
+    generator = torch.Generator().manual_seed(cfg.seed)  # same init in every process
     theta = {k: v.requires_grad_() for k, v in policies.init_params(spec, generator).items()}
-    optimizer = torch.optim.Adam(theta.values(), lr=cfg.outer_lr)
-    env = batched_cls(cfg.meta_batch_size * cfg.episodes_per_task)
+    rates = metasgd.init_learning_rates(theta, cfg.inner_lr) if cfg.algo == "metasgd" else None
+    meta_params = [*theta.values(), *(rates or {}).values()]
+    optimizer = torch.optim.Adam(meta_params, lr=cfg.outer_lr) if cfg.outer == "adam" else None
+
+    share = ctx.task_share(cfg.meta_batch_size)
+    num_local = share.stop - share.start
+    env = batched_cls(num_local * cfg.episodes_per_task)
 
     ckpt = Checkpoint(
         name=cfg.name or default_name(cfg.env),
@@ -114,65 +204,171 @@ def train(cfg: TrainConfig) -> Checkpoint:
         spec=spec,
         inner_loop=inner,
         params=theta,
+        learning_rates=rates,
         training={
             "algo": cfg.algo,
-            "outer": "adam",
+            "outer": cfg.outer,
             "seed": cfg.seed,
             "meta_batch_size": cfg.meta_batch_size,
             "episodes_per_task": cfg.episodes_per_task,
-            "outer_lr": cfg.outer_lr,
+            **({"outer_lr": cfg.outer_lr} if cfg.outer == "adam" else {}),
+            **(
+                {"trpo": {**vars(trpo_cfg), "cg_subsample": cfg.cg_subsample}}
+                if cfg.outer == "trpo"
+                else {}
+            ),
+            "processes": ctx.world_size,
             **cfg.extra,
         },
     )
-    metrics_path = cfg.metrics_csv or cfg.out.with_name(cfg.out.name + ".metrics.csv")
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    with metrics_path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["iteration", "pre_return", "post_return", "outer_loss", "seconds"])
-        bar = tqdm(range(1, cfg.iterations + 1), disable=not cfg.progress, desc="meta-train")
-        for it in bar:
-            start = time.perf_counter()
-            tasks = batched_cls.sample_tasks(cfg.meta_batch_size, rng)
-            detached = {k: v.detach() for k, v in theta.items()}
-            pre = sample_episodes(
-                env, spec, detached, tasks, cfg.episodes_per_task, rng=rng, generator=generator
-            )
-            adapted = maml.adapted_params(spec, theta, pre, inner, first_order=cfg.algo == "fomaml")
-            post = sample_episodes(
-                env,
-                spec,
-                {k: v.detach() for k, v in adapted.items()},
-                tasks,
-                cfg.episodes_per_task,
-                rng=rng,
-                generator=generator,
-            )
-            loss = maml.outer_loss(spec, adapted, post, inner)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    log = _MetricsLog(cfg) if ctx.is_main else None
+    bar = tqdm(
+        range(1, cfg.iterations + 1), disable=not (cfg.progress and ctx.is_main), desc="meta-train"
+    )
+    for it in bar:
+        start = time.perf_counter()
+        # 1. This iteration's tasks (the same draw in every process) and this process's share.
+        all_tasks = batched_cls.sample_tasks(
+            cfg.meta_batch_size, np.random.default_rng([cfg.seed, it])
+        )
+        tasks = all_tasks[share]
 
-            pre_ret = episode_returns(pre).mean().item()
-            post_ret = episode_returns(post).mean().item()
-            seconds = time.perf_counter() - start
-            writer.writerow(
-                [it, f"{pre_ret:.4f}", f"{post_ret:.4f}", f"{loss.item():.6f}", f"{seconds:.4f}"]
+        # 2. Pre-update episodes with theta; theta'_i from the inner loop the server runs.
+        pre = sample_episodes(
+            env, spec, detached(theta), tasks, cfg.episodes_per_task,
+            task_rngs=task_rngs(cfg.seed, it, 0, share),
+        )  # fmt: skip
+        pre_batch = inner_loop.prepare(pre, inner)
+        lr: float | Params = detached(rates) if rates is not None else inner.lr
+        with torch.no_grad():
+            adapted = inner_loop.adapt(spec, detached(theta), pre_batch, lr=lr, steps=inner.steps)
+
+        # 3. Post-update episodes with each theta'_i: the data the meta-objective is measured on.
+        post = sample_episodes(
+            env, spec, adapted, tasks, cfg.episodes_per_task,
+            task_rngs=task_rngs(cfg.seed, it, 1, share),
+        )  # fmt: skip
+
+        # 4. The meta-objective of this meta-batch, differentiated through the inner loop
+        # (closed forms, see metarl.algorithms.derivatives), summed over every process's tasks.
+        post_batch = inner_loop.prepare(post, inner)
+        curvature = None
+        if cfg.outer == "trpo" and cfg.cg_subsample < 1:
+            n = max(1, math.ceil(cfg.cg_subsample * cfg.episodes_per_task))
+            curvature = (
+                maml.first_episodes(pre_batch, pre.mask.shape[-1], n),
+                maml.first_episodes(post_batch, post.mask.shape[-1], n),
             )
-            bar.set_postfix(pre=f"{pre_ret:.1f}", post=f"{post_ret:.1f}")
-            ckpt.training.update(
-                iterations=it,
-                final_pre_return=round(pre_ret, 3),
-                final_post_return=round(post_ret, 3),
+        meta = maml.MetaObjective(
+            spec, detached(theta), detached(rates) if rates is not None else None, pre_batch,
+            adapted, post_batch, inner, num_tasks=cfg.meta_batch_size,
+            first_order=cfg.algo == "fomaml", ctx=ctx, curvature_episodes=curvature,
+            workers=workers, shards=threads,
+        )  # fmt: skip
+        grad = meta.grad()
+        outer_loss = meta.reinforce_loss()
+
+        # 5. The outer update: Adam on the post-update loss, or a TRPO step.
+        kl, ls_steps = float("nan"), 0
+        if optimizer is not None:
+            for p, g in zip(meta_params, unflatten_list(-grad, meta_params), strict=True):
+                p.grad = g
+            optimizer.step()
+        else:
+            x_new, stats = trpo.step(
+                meta.x, grad, meta.kl_hvp, meta.evaluate, meta.surrogate_before(), trpo_cfg
             )
+            with torch.no_grad():
+                for p, new in zip(meta_params, unflatten_list(x_new, meta_params), strict=True):
+                    p.copy_(new)
+            kl, ls_steps = stats.kl, stats.line_search_steps
+
+        # 6. Metrics (means over all processes' tasks) and checkpoints.
+        e = cfg.episodes_per_task
+        pre_sum, post_sum = distributed.sum_tensor(
+            ctx, [episode_returns(pre).sum().item(), episode_returns(post).sum().item()]
+        )
+        row: dict[str, Any] = {
+            "iteration": it,
+            "pre_return": pre_sum / (cfg.meta_batch_size * e),
+            "post_return": post_sum / (cfg.meta_batch_size * e),
+            "outer_loss": outer_loss,
+            "kl": kl,
+            "line_search_steps": ls_steps,
+            "inner_lr_mean": torch.cat([r.detach().view(-1) for r in rates.values()]).mean().item()
+            if rates is not None
+            else cfg.inner_lr,
+            "seconds": time.perf_counter() - start,
+        }
+        ckpt.training.update(
+            iterations=it,
+            final_pre_return=round(row["pre_return"], 3),
+            final_post_return=round(row["post_return"], 3),
+        )
+        if log is not None:
+            log.write(row)
+            shown = {"pre": f"{row['pre_return']:.1f}", "post": f"{row['post_return']:.1f}"}
+            if cfg.outer == "trpo":
+                shown["kl"] = f"{kl:.4f}"
+            bar.set_postfix(shown)
             if it % cfg.save_every == 0 or it == cfg.iterations:
                 save_checkpoint(ckpt, cfg.out)
+    if log is not None:
+        log.close()
     return ckpt
+
+
+def unflatten_list(vector: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Splits a flat vector into tensors shaped like ``like``."""
+    out, offset = [], 0
+    for t in like:
+        out.append(vector[offset : offset + t.numel()].view_as(t).clone())
+        offset += t.numel()
+    return out
+
+
+class _MetricsLog:
+    """Per-iteration metrics: a CSV, and TensorBoard scalars when tensorboard is installed."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        path = cfg.metrics_csv or cfg.out.with_name(cfg.out.name + ".metrics.csv")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = path.open("w", newline="")
+        self._csv = csv.writer(self._fh)
+        self._csv.writerow(METRICS)
+        self._tb: Any = None
+        if cfg.tensorboard and importlib.util.find_spec("tensorboard") is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(cfg.out.with_name(cfg.out.name + ".tensorboard")))
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._csv.writerow([_fmt(row[k]) for k in METRICS])
+        self._fh.flush()
+        if self._tb is not None:
+            for k in METRICS[1:]:
+                if isinstance(row[k], float) and np.isfinite(row[k]):
+                    self._tb.add_scalar(f"train/{k}", row[k], row["iteration"])
+
+    def close(self) -> None:
+        self._fh.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "" if not np.isfinite(v) else f"{v:.6g}"
+    return str(v)
 
 
 def main() -> None:
     import tyro
 
-    train(tyro.cli(TrainConfig))
+    cfg = tyro.cli(TrainConfig)
+    ckpt = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote checkpoint {cfg.out} (policy {ckpt.name} version {ckpt.version})")
 
 
 if __name__ == "__main__":

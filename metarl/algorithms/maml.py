@@ -1,12 +1,182 @@
-"""MAML's meta-objective: the post-adaptation loss, differentiated through the inner loop."""
+"""MAML's meta-objective: the post-update objective, differentiated through the inner loop.
+
+:class:`MetaObjective` is what the outer loops (Adam, TRPO) see of one meta-batch: functions of
+the flat meta-parameters ``x`` (theta, and for Meta-SGD the inner learning rates) giving the
+meta-gradient, the KL Hessian-vector product and the surrogate and KL at a candidate ``x``; under
+torchrun each is summed over the processes' shares of the tasks. Its derivatives are the closed
+forms of :mod:`metarl.algorithms.derivatives`. :func:`adapted_params` and :func:`outer_loss`
+are the same meta-objective through autograd (double backward), kept as the reference the closed
+forms are tested against.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import TypeVar
+
+import torch
 from torch import Tensor
 
 from metarl import inner_loop
-from metarl.inner_loop import EpisodeBatch, InnerLoopConfig
+from metarl.algorithms.derivatives import InnerLoopJacobian, PostUpdateObjective
+from metarl.algorithms.distributed import Context
+from metarl.algorithms.flat import flatten, unflatten
+from metarl.inner_loop import EpisodeBatch, InnerLoopConfig, LossBatch
 from metarl.policies import Params, PolicySpec
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+class MetaObjective:
+    """One meta-batch's meta-objective as a function of ``x = (theta, [rates])``, linearized at
+    the current parameters.
+
+    ``pre`` are the pre-update episodes (advantages attached), ``adapted`` the inner loop's
+    result on them (stacked, one per task) and ``post`` the episodes sampled with ``adapted``.
+    ``num_tasks`` counts the tasks of all processes. ``curvature_episodes`` (subsets of ``pre``
+    and ``post``) estimate the KL curvature on fewer episodes. With ``workers``, the tasks are
+    split into ``shards`` computed in parallel threads (each torch op releases the GIL), summed
+    in a fixed order so that results do not depend on thread timing.
+    """
+
+    def __init__(
+        self,
+        spec: PolicySpec,
+        theta: Params,
+        rates: Params | None,
+        pre: LossBatch,
+        adapted: Params,
+        post: LossBatch,
+        config: InnerLoopConfig,
+        *,
+        num_tasks: int,
+        first_order: bool,
+        ctx: Context,
+        curvature_episodes: tuple[LossBatch, LossBatch] | None = None,
+        workers: Executor | None = None,
+        shards: int = 1,
+    ) -> None:
+        self.ctx, self.workers = ctx, workers
+        self.groups = [theta, *([rates] if rates is not None else [])]
+        self.x = flatten(*self.groups)
+        k = pre.mask.shape[0]
+        bounds = [slice(i * k // shards, (i + 1) * k // shards) for i in range(min(shards, k))]
+
+        def shard(part: slice) -> _Shard:
+            def cut(b: LossBatch) -> LossBatch:
+                return LossBatch(*(t[part] for t in b))
+
+            return _Shard(
+                spec, theta, rates, cut(pre), {n: p[part] for n, p in adapted.items()}, cut(post),
+                config, num_tasks=num_tasks, first_order=first_order,
+                curvature_episodes=None if curvature_episodes is None
+                else (cut(curvature_episodes[0]), cut(curvature_episodes[1])),
+            )  # fmt: skip
+
+        self.shards = self._map(shard, bounds)
+
+    def _map(self, f: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+        if self.workers is None or len(items) < 2:
+            return [f(item) for item in items]
+        return list(self.workers.map(f, items))
+
+    def _total(self, f: Callable[[_Shard], Tensor]) -> Tensor:
+        """``f`` summed over the shards (in order) and over the processes."""
+        parts = self._map(f, self.shards)
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        return self.ctx.sum_(total.double() if total.dim() == 0 else total)
+
+    def grad(self) -> Tensor:
+        """Gradient of the surrogate (minus that of the post-update REINFORCE loss) in ``x``."""
+        return self._total(lambda s: s.grad())
+
+    def kl_hvp(self, v: Tensor) -> Tensor:
+        """Hessian of the mean KL between old and new adapted policies, in ``x``, times ``v``."""
+        tangent = unflatten(v, *self.groups)
+        return self._total(lambda s: s.kl_hvp(tangent))
+
+    def evaluate(self, x: Tensor) -> tuple[float, float]:
+        """Surrogate and mean KL at ``x``: the inner loop re-run from the new meta-parameters on
+        the pre-update episodes, the new adapted policies scored on the post-update ones."""
+        new = unflatten(x, *self.groups)
+        s, k = self._total(lambda s: s.evaluate(new)).tolist()
+        return s, k
+
+    def surrogate_before(self) -> float:
+        return self._total(lambda s: s.post.surrogate_before()).item()
+
+    def reinforce_loss(self) -> float:
+        return self._total(lambda s: s.post.reinforce_loss()).item()
+
+
+class _Shard:
+    """A subset of a meta-batch's tasks: its share of every sum over tasks."""
+
+    def __init__(
+        self,
+        spec: PolicySpec,
+        theta: Params,
+        rates: Params | None,
+        pre: LossBatch,
+        adapted: Params,
+        post: LossBatch,
+        config: InnerLoopConfig,
+        *,
+        num_tasks: int,
+        first_order: bool,
+        curvature_episodes: tuple[LossBatch, LossBatch] | None,
+    ) -> None:
+        self.spec, self.config, self.pre = spec, config, pre
+        lr = rates if rates is not None else config.lr
+        self.jacobian = InnerLoopJacobian(
+            spec, theta, pre, lr=lr, steps=config.steps, first_order=first_order
+        )
+        self.post = PostUpdateObjective(spec, adapted, post, num_tasks=num_tasks)
+        # The KL curvature, optionally estimated on a subset of the episodes (pre, post).
+        self.curvature_jacobian, self.curvature_post = self.jacobian, self.post
+        if curvature_episodes is not None:
+            pre_sub, post_sub = curvature_episodes
+            self.curvature_jacobian = InnerLoopJacobian(
+                spec, theta, pre, lr=lr, steps=config.steps, first_order=first_order,
+                hessian_batch=pre_sub,
+            )  # fmt: skip
+            self.curvature_post = PostUpdateObjective(spec, adapted, post_sub, num_tasks=num_tasks)
+
+    @staticmethod
+    def _pull_back(jacobian: InnerLoopJacobian, per_task: Params) -> Tensor:
+        d_theta, d_rates = jacobian.vjp(per_task)
+        return flatten(d_theta, *([d_rates] if d_rates is not None else []))
+
+    def grad(self) -> Tensor:
+        return self._pull_back(self.jacobian, self.post.grad())
+
+    def kl_hvp(self, tangent: list[Params]) -> Tensor:
+        d_theta, *d_rates = tangent
+        u = self.curvature_jacobian.jvp(d_theta, d_rates[0] if d_rates else None)
+        return self._pull_back(self.curvature_jacobian, self.curvature_post.fvp(u))
+
+    def evaluate(self, new: list[Params]) -> Tensor:
+        theta, *rates = new
+        adapted = inner_loop.adapt(
+            self.spec,
+            theta,
+            self.pre,
+            lr=rates[0] if rates else self.config.lr,
+            steps=self.config.steps,
+        )
+        surrogate, kl = self.post.evaluate({k: v.detach() for k, v in adapted.items()})
+        return torch.stack([surrogate.double(), kl.double()])
+
+
+def first_episodes(batch: LossBatch, horizon: int, episodes: int) -> LossBatch:
+    """The first ``episodes`` episodes of every task of a flattened batch (``horizon`` steps
+    each): a random subset, episodes being independent draws."""
+    n = episodes * horizon
+    return LossBatch(*(t[:, :n] for t in batch))
 
 
 def adapted_params(
