@@ -42,6 +42,11 @@ bundle-checkpoints: $(STAMP)
 	$(BIN)/metarl train --env metarl/CartPoleFamily-v0 --iterations 300 --seed 1 \
 	  --out metarl/data/checkpoints/cartpole-family/1 --name cartpole-family --version 1 \
 	  --metrics-csv runs/cartpole-family-1.metrics.csv
+	$(BIN)/metarl train --env metarl/Navigation2D-v0 --iterations 1000 --seed 1 \
+	  --hidden-sizes 32 32 --init-log-std -2 --inner-lr 0.01 --gae-lambda 0.9 \
+	  --episodes-per-task 20 --meta-batch-size 20 --outer adam --outer-lr 0.003 \
+	  --out metarl/data/checkpoints/navigation-2d/1 --name navigation-2d --version 1 \
+	  --metrics-csv runs/navigation-2d-1.metrics.csv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

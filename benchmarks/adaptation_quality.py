@@ -1,0 +1,222 @@
+"""Adaptation quality: meta-train each task family, then evaluate it against the baselines.
+
+    .venv/bin/python benchmarks/adaptation_quality.py                 # every registered family
+    .venv/bin/python benchmarks/adaptation_quality.py --families navigation cartpole
+
+For each family this runs ``metarl.train.train`` with the preset below (timed, wall clock), then
+``metarl.eval.evaluate`` on ``--tasks`` held-out tasks drawn with ``--eval-seed`` (a stream
+training never sees): mean return after 0..K inner steps of the meta-trained θ (``maml``), of a
+policy trained on all tasks jointly (``pretrained``: multi-task REINFORCE with Adam, by default
+as many updates as MAML's training) and of a random initialization (``random``), each
+fine-tuned with the same inner steps on the same episodes' random streams. It prints one table
+per family, a summary, and the targets of issue 3:
+
+* Navigation2D: return after 1 inner step >= -10 on 40 held-out tasks, training <= 300 s;
+* CartPole family: adapted return (1 step) >= 1.5 x unadapted;
+* every family: ``maml`` ahead of ``pretrained`` after 1 inner step (the step MAML trains for).
+
+The exit status is 0 whether or not targets are met (it measures; it does not gate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from metarl import envs
+from metarl.eval import EvalConfig, EvalResult, evaluate, format_table
+from metarl.train import TrainConfig, train
+
+# The presets: the hyperparameters found to meet the targets within the time budget on this
+# 2-core machine (see the README's "Task families and evaluation" section for how).
+PRESETS: dict[str, dict[str, Any]] = {
+    "navigation": dict(
+        env="metarl/Navigation2D-v0",
+        iterations=1000,
+        meta_batch_size=20,
+        episodes_per_task=20,
+        hidden_sizes=(32, 32),
+        init_log_std=-2.0,
+        inner_lr=0.01,
+        gae_lambda=0.9,
+        outer="adam",
+        outer_lr=0.003,
+    ),
+    "cartpole": dict(
+        env="metarl/CartPoleFamily-v0",
+        iterations=300,
+        meta_batch_size=20,
+        episodes_per_task=10,
+        hidden_sizes=(64,),
+        inner_lr=1.0,
+        outer="adam",
+        outer_lr=0.01,
+    ),
+    "pendulum": dict(
+        env="metarl/PendulumFamily-v0",
+        iterations=200,
+        meta_batch_size=20,
+        episodes_per_task=10,
+        hidden_sizes=(64, 64),
+        inner_lr=0.01,
+        outer="adam",
+        outer_lr=0.01,
+    ),
+    "half-cheetah-vel": dict(
+        env="metarl/HalfCheetahVel-v0",
+        iterations=100,
+        meta_batch_size=10,
+        episodes_per_task=10,
+        hidden_sizes=(64, 64),
+        inner_lr=0.05,
+        outer="adam",
+        outer_lr=0.01,
+    ),
+}
+NAV_TARGET_RETURN = -10.0
+NAV_TIME_BUDGET_S = 300.0
+CARTPOLE_RATIO = 1.5
+
+
+def available() -> list[str]:
+    registered = set(envs.registered_families())
+    return [name for name, p in PRESETS.items() if p["env"] in registered]
+
+
+def run_family(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    preset = dict(PRESETS[name])
+    if args.iterations_scale != 1.0:
+        preset["iterations"] = max(1, round(preset["iterations"] * args.iterations_scale))
+    out = args.out / name
+    cfg = TrainConfig(
+        **preset,
+        seed=args.seed,
+        out=out,
+        name=name,
+        version="benchmark",
+        progress=not args.no_progress,
+        save_every=10**9,
+    )
+    print(f"[{name}] training {cfg.env}: {cfg.iterations} iterations", file=sys.stderr)
+    start = time.perf_counter()
+    ckpt = train(cfg)
+    train_seconds = time.perf_counter() - start
+    print(f"[{name}] trained in {train_seconds:.0f} s; evaluating", file=sys.stderr)
+    ecfg = EvalConfig(
+        checkpoint=out,
+        tasks=args.tasks,
+        adapt_steps=args.adapt_steps,
+        seed=args.eval_seed,
+        episodes_per_task=cfg.episodes_per_task,
+        # Same number of Adam updates as MAML's training (MAML samples twice per update).
+        pretrain_iterations=args.pretrain_iterations or cfg.iterations,
+        quiet=args.no_progress,
+    )
+    result = evaluate(ecfg, ckpt)
+    return {
+        "family": name,
+        "env_id": cfg.env,
+        "train_seconds": round(train_seconds, 1),
+        "train_config": {k: v for k, v in preset.items() if k != "env"} | {"seed": args.seed},
+        "result": result,
+    }
+
+
+def targets(run: dict[str, Any]) -> list[tuple[str, bool]]:
+    r: EvalResult = run["result"]
+    maml, pre = r.returns["maml"], r.returns["pretrained"]
+    checks = [(f"maml {maml[1]:.2f} > pretrained {pre[1]:.2f} after 1 step", maml[1] > pre[1])]
+    if run["env_id"] == "metarl/Navigation2D-v0":
+        checks.append(
+            (
+                f"return after 1 step {maml[1]:.2f} >= {NAV_TARGET_RETURN}",
+                maml[1] >= NAV_TARGET_RETURN,
+            )
+        )
+        checks.append(
+            (
+                f"training {run['train_seconds']:.0f} s <= {NAV_TIME_BUDGET_S:.0f} s",
+                run["train_seconds"] <= NAV_TIME_BUDGET_S,
+            )
+        )
+    if run["env_id"] == "metarl/CartPoleFamily-v0":
+        ratio = maml[1] / maml[0] if maml[0] > 0 else float("inf")
+        checks.append(
+            (f"adapted/unadapted {ratio:.2f} >= {CARTPOLE_RATIO}", ratio >= CARTPOLE_RATIO)
+        )
+    return checks
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--families",
+        nargs="+",
+        choices=list(PRESETS),
+        default=None,
+        help="families to run (default: every preset whose env is registered)",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="training seed")
+    parser.add_argument("--eval-seed", type=int, default=1000, help="seed of the held-out tasks")
+    parser.add_argument("--tasks", type=int, default=40, help="held-out tasks")
+    parser.add_argument("--adapt-steps", type=int, default=3, help="inner steps evaluated")
+    parser.add_argument(
+        "--pretrain-iterations",
+        type=int,
+        default=None,
+        help="multi-task training iterations of the pretrained baseline "
+        "(default: the family's meta-training iterations)",
+    )
+    parser.add_argument(
+        "--iterations-scale",
+        type=float,
+        default=1.0,
+        help="scale every preset's training iterations (smoke runs)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/adaptation-quality"))
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)  # fmt: skip
+
+    families = args.families or available()
+    runs = []
+    for name in families:
+        if PRESETS[name]["env"] not in envs.registered_families():
+            hint = "HalfCheetahVel needs `pip install 'metarl[mujoco]'`"
+            print(f"[{name}] skipped: {PRESETS[name]['env']} is not registered ({hint})",
+                  file=sys.stderr)  # fmt: skip
+            continue
+        run = run_family(name, args)
+        runs.append(run)
+        print(f"\n== {name}: trained {run['train_seconds']:.0f} s, {run['train_config']}")
+        print(format_table(run["result"]))
+        for text, ok in targets(run):
+            print(f"  target {'met ' if ok else 'MISSED'}  {text}")
+        sys.stdout.flush()
+
+    print("\nsummary (mean return after 0 / 1 / last inner steps)")
+    print(f"{'family':18} {'train s':>8}  {'maml':>26}  {'pretrained':>26}  {'random':>26}")
+    for run in runs:
+        r: EvalResult = run["result"]
+        cells = [" / ".join(f"{x:.1f}" for x in (c[0], c[1], c[-1])) for c in r.returns.values()]
+        print(f"{run['family']:18} {run['train_seconds']:>8.0f}  "
+              + "  ".join(f"{c:>26}" for c in cells))  # fmt: skip
+    all_checks = [ok for run in runs for _, ok in targets(run)]
+    print(f"targets met: {sum(all_checks)}/{len(all_checks)}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = [
+            {k: v for k, v in run.items() if k != "result"}
+            | run["result"].to_json()
+            | {"targets": [{"what": t, "met": ok} for t, ok in targets(run)]}
+            for run in runs
+        ]
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
