@@ -68,7 +68,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "half-cheetah-vel": dict(
         env="metarl/HalfCheetahVel-v0",
-        iterations=100,
+        iterations=300,
         meta_batch_size=10,
         episodes_per_task=10,
         hidden_sizes=(64, 64),
