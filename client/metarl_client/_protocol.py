@@ -18,6 +18,28 @@ Action = Any
 """What ``act`` returns: an ``int`` for a discrete action space, else an array."""
 
 
+class SessionFields:
+    """What a session handle knows about its session, for the sync and async sessions alike."""
+
+    def __init__(self, session: pb.Session, policy_info: PolicyInfo | None) -> None:
+        self.id: str = session.id
+        """The session id: pass it to the client's ``get_session`` to reattach."""
+        self.policy: str = session.policy
+        """The policy name."""
+        self.version: str = session.version
+        """The policy version the session is pinned to."""
+        self.recording: bool = session.recording
+        """Whether the session records served actions and reported rewards."""
+        self.policy_info: PolicyInfo | None = policy_info
+        """The policy's spaces and limits (None if the server did not list it)."""
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(id={self.id!r}, policy={self.policy!r}, "
+            f"version={self.version!r})"
+        )
+
+
 def _numeric(value: Any, name: str) -> NDArray[Any]:
     try:
         arr = np.asarray(value)

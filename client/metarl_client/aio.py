@@ -154,7 +154,7 @@ class AsyncPolicyClient:
         return f"AsyncPolicyClient({self.target!r})"
 
 
-class AsyncSession:
+class AsyncSession(proto.SessionFields):
     """A session, for asyncio; see :class:`metarl_client.Session` for what each method does.
     ``async with`` deletes it on exit."""
 
@@ -163,19 +163,7 @@ class AsyncSession:
     ) -> None:
         self._client = client
         self._stub = client._stub
-        self.id: str = session.id
-        """The session id: pass it to :meth:`AsyncPolicyClient.get_session` to reattach."""
-        self.policy: str = session.policy
-        """The policy name."""
-        self.version: str = session.version
-        """The policy version the session is pinned to."""
-        self.recording: bool = session.recording
-        """Whether the session records served actions and reported rewards."""
-        self.policy_info: PolicyInfo | None = policy_info
-        """The policy's spaces and limits (None if the server did not list it)."""
-
-    def __repr__(self) -> str:
-        return f"AsyncSession(id={self.id!r}, policy={self.policy!r}, version={self.version!r})"
+        super().__init__(session, policy_info)
 
     async def _call(
         self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None = None

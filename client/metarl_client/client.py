@@ -210,7 +210,7 @@ class PolicyClient:
         return f"PolicyClient({self.target!r})"
 
 
-class Session:
+class Session(proto.SessionFields):
     """A session on the server: a copy of a policy version's parameters, adapted to this
     client's task. Made by :meth:`PolicyClient.create_session` or
     :meth:`PolicyClient.get_session`.
@@ -224,19 +224,7 @@ class Session:
     ) -> None:
         self._client = client
         self._stub = client._stub
-        self.id: str = session.id
-        """The session id: pass it to :meth:`PolicyClient.get_session` to reattach."""
-        self.policy: str = session.policy
-        """The policy name."""
-        self.version: str = session.version
-        """The policy version the session is pinned to."""
-        self.recording: bool = session.recording
-        """Whether the session records served actions and reported rewards."""
-        self.policy_info: PolicyInfo | None = policy_info
-        """The policy's spaces and limits (None if the server did not list it)."""
-
-    def __repr__(self) -> str:
-        return f"Session(id={self.id!r}, policy={self.policy!r}, version={self.version!r})"
+        super().__init__(session, policy_info)
 
     def _call(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
         return self._client._call(
