@@ -12,21 +12,24 @@ message types, whose handlers return the request):
 - StreamAct per step: send one observation, wait for its action, on one open stream, against a
   bidirectional echo stream.
 - QPS with 16 calls in flight (16 sessions, asyncio client), against echo with 16 in flight.
-- Adapt of 20 episodes x 100 steps (one inner step) over gRPC, against the same adaptation in
-  this process (``metarl.inner_loop.prepare(pad_episodes(...))`` + ``adapt``, 1 torch thread as
-  in the server's worker).
+- Adapt of 20 episodes x 100 steps (one inner step, from θ: the session is reset, untimed,
+  before each) over gRPC, against the same adaptation in this process
+  (``metarl.inner_loop.prepare(pad_episodes(...))`` + ``adapt``, 1 torch thread as in the
+  server's worker).
 - RSS of the serving process holding N adapted sessions (every session has its own θ'),
   against the policy's parameter bytes; the adaptation worker's RSS is reported beside it.
 
-The policy is the 2D-navigation one (MLP 64-64 tanh, 2-D observations, 2-D gaussian actions):
-the bundled ``navigation-2d`` checkpoint when there is one, else an equivalent checkpoint with
-random parameters written by ``metarl.checkpoint.save_checkpoint``.
+The policy is the 2D-navigation one (MLP 64-64 tanh, 2-D observations, 2-D gaussian actions,
+the issue's reference size) with random parameters written by
+``metarl.checkpoint.save_checkpoint``; ``--bundled`` serves the bundled ``navigation-2d``
+checkpoint instead (trained, MLP 32-32). The server serves that one checkpoint only.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import queue
 import subprocess
@@ -125,10 +128,13 @@ def children(pid: int) -> list[int]:
 # -- the policy ----------------------------------------------------------------------------------
 
 
-def navigation_model_dir(tmp: Path) -> tuple[Path, str]:
-    bundled = ROOT / "metarl" / "data" / "checkpoints" / "navigation-2d"
-    if any(bundled.glob("*/manifest.json")):
-        return bundled.parent, "bundled navigation-2d"
+def navigation_model_dir(tmp: Path, bundled: bool = False) -> tuple[Path, str]:
+    """A model directory holding a ``navigation-2d`` checkpoint: by default one with the
+    reference architecture (MLP 64-64 tanh, 2-D gaussian actions) and random θ, written by
+    ``metarl.checkpoint.save_checkpoint`` (the values do not change the cost of a call); with
+    ``bundled``, the bundled checkpoint (trained, but a smaller MLP, 32-32)."""
+    if bundled:
+        return ROOT / "metarl" / "data" / "checkpoints", "bundled navigation-2d"
     import torch
 
     from metarl import policies
@@ -142,7 +148,21 @@ def navigation_model_dir(tmp: Path) -> tuple[Path, str]:
         "navigation-2d", "1", "metarl/Navigation2D-v0", spec, InnerLoopConfig(lr=0.1), params
     )
     save_checkpoint(ckpt, tmp / "navigation-2d" / "1")
-    return tmp, "equivalent navigation-2d (random θ)"
+    return tmp, "navigation-2d, MLP 64-64 tanh (random θ)"
+
+
+def parameter_count(checkpoint: Path) -> int:
+    import json
+
+    spec = json.loads((checkpoint / "manifest.json").read_text())["policy"]
+    sizes = [spec["obs_dim"], *spec["hidden_sizes"], spec["action_dim"]]
+    n = sum((a + 1) * b for a, b in itertools.pairwise(sizes))
+    return n + (spec["action_dim"] if spec["distribution"] == "gaussian" else 0)
+
+
+def nav_checkpoint(model_dir: Path) -> Path:
+    """The navigation-2d checkpoint directory (the newest version) under ``model_dir``."""
+    return sorted(m.parent for m in model_dir.glob("navigation-2d/*/manifest.json"))[-1]
 
 
 def nav_episodes(n: int, steps: int, seed: int = 0) -> list[tuple[np.ndarray, ...]]:
@@ -268,12 +288,12 @@ def in_process_adapt(
     torch.set_num_threads(1)
     key = f"{model_dir}:{with_stats}"
     if with_stats and key not in _CACHE:
-        lc = worker.load(next(model_dir.glob("navigation-2d/*/manifest.json")).parent)
+        lc = worker.load(nav_checkpoint(model_dir))
         job = worker.AdaptJob(lc.spec, lc.inner_loop, lc.learning_rates, lc.params, eps, 1)  # type: ignore[arg-type]
         _CACHE[key] = lambda: worker.adapt(job)
         timed(_CACHE[key], 5)
     if key not in _CACHE:
-        ckpt = load_checkpoint(next(model_dir.glob("navigation-2d/*/manifest.json")).parent)
+        ckpt = load_checkpoint(nav_checkpoint(model_dir))
         teps = [tuple(torch.from_numpy(x) for x in e) for e in eps]
 
         def run() -> None:
@@ -299,6 +319,9 @@ def main() -> None:
     ap.add_argument("--qps-seconds", type=float, default=5.0)
     ap.add_argument("--adapts", type=int, default=30)
     ap.add_argument("--sessions", type=int, default=10_000, help="adapted sessions for RSS")
+    ap.add_argument(
+        "--bundled", action="store_true", help="the bundled navigation-2d checkpoint (MLP 32-32)"
+    )
     ap.add_argument("--server-args", default="", help="extra options for the policy server")
     ap.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -311,12 +334,12 @@ def main() -> None:
         )  # fmt: skip
 
     tmp = Path(tempfile.mkdtemp(prefix="metarl-bench-"))
-    model_dir, model_label = navigation_model_dir(tmp)
+    model_dir, model_label = navigation_model_dir(tmp, args.bundled)
     echo_proc, echo_port = start([sys.executable, __file__, "--echo-server"])
     server_proc, port = start(
         [sys.executable, "-m", "metarl_server", "--host", "127.0.0.1", "--port", "0",
-         "--model-dir", str(model_dir), "--max-sessions", str(args.sessions + 100),
-         "--poll-interval", "0", "--metrics-port", "0", "--log-level", "WARNING",
+         "--checkpoint", str(nav_checkpoint(model_dir)), "--max-sessions", str(args.sessions + 100),
+         "--metrics-port", "0", "--log-level", "WARNING",
          *args.server_args.split()],
     )  # fmt: skip
     rows: list[tuple[str, str, str, str, str]] = []
@@ -325,7 +348,7 @@ def main() -> None:
         channel, echo_channel = grpc.insecure_channel(target), grpc.insecure_channel(echo_target)
         wait_serving(channel)
         stub = pb_grpc.PolicyServiceStub(channel)
-        policy = stub.ListPolicies(pb.ListPoliciesRequest()).policies[0].name
+        policy = "navigation-2d"
         rss_idle = rss_mb(server_proc.pid)
 
         # Act against unary echo
@@ -404,10 +427,13 @@ def main() -> None:
         # Adapt, 20 episodes x 100 steps
         eps = nav_episodes(20, 100)
         adapt_req = pb.AdaptRequest(session_id=sid, episodes=episodes_proto(eps), steps=1)
+        reset = pb.ResetSessionRequest(session_id=sid)
         for _ in range(3):
+            stub.ResetSession(reset)
             stub.Adapt(adapt_req)
         served, inside, local, local_stats = [], [], [], []
         for _ in range(args.adapts):  # alternate, against load changes
+            stub.ResetSession(reset)  # every adaptation starts from θ, as in process
             t = time.perf_counter()
             resp = stub.Adapt(adapt_req)
             served.append(time.perf_counter() - t)
@@ -431,7 +457,7 @@ def main() -> None:
         asyncio.run(create_adapted(target, args.sessions, policy, small))
         took = time.perf_counter() - t
         rss_full = rss_mb(server_proc.pid)
-        param_mb = 4484 * 4 * args.sessions / 2**20
+        param_mb = parameter_count(nav_checkpoint(model_dir)) * 4 * args.sessions / 2**20
         worker_rss = sum(rss_mb(c) for c in children(server_proc.pid))
         rows.append((f"RSS, {args.sessions} adapted sessions", f"{rss_full:.0f} MB",
                      f"{rss_idle:.0f} MB idle + {param_mb:.0f} MB of θ'",
