@@ -135,6 +135,94 @@ def test_kl_hessian_vector_product_through_the_inner_loop(
     assert hv.dot(v).item() >= 0
 
 
+def lvc_adapt(spec: PolicySpec, theta: Params, pre, lr: float, steps: int) -> Params:  # type: ignore[no-untyped-def]
+    """The inner loop by autograd on ProMP's LVC surrogate sum_n w_n * -pi_n / stop_grad(pi_n)
+    (create_graph): the reference for --inner-estimator lvc."""
+    n = pre.mask.sum(-1, keepdim=True).clamp(min=1)
+    w = pre.advantages * pre.mask / n
+    current = policies.stack(spec, theta, pre.mask.shape[0])
+    for _ in range(steps):
+        logp = policies.log_prob(spec, current, pre.observations, pre.actions)
+        loss = -(w * torch.exp(logp - logp.detach())).sum()
+        grads = torch.autograd.grad(loss, list(current.values()), create_graph=True)
+        current = {k: p - lr * g for (k, p), g in zip(current.items(), grads, strict=True)}
+    return current
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "categorical"])
+@pytest.mark.parametrize("steps", [1, 2])
+def test_lvc_meta_gradient_matches_autograd_of_the_lvc_surrogate(
+    distribution: str, steps: int
+) -> None:
+    """--inner-estimator lvc: the closed-form meta-gradient and KL curvature equal autograd's
+    through an inner loop on the LVC surrogate; theta' is unchanged (same value and gradient),
+    and the meta-gradient differs from MAML's."""
+    spec, theta, pre, post = problem(distribution)
+    lvc = meta_objective(spec, theta, None, pre, post, steps=steps, inner_estimator="lvc")
+    maml_grad = meta_objective(spec, theta, None, pre, post, steps=steps).grad()
+    old_logp = lvc.shards[0].post.old_logp
+    leaves = {k: v.clone().requires_grad_() for k, v in theta.items()}
+    adapted = lvc_adapt(spec, leaves, pre, lr=0.1, steps=steps)
+    reference = inner_loop.adapt(spec, theta, pre, lr=0.1, steps=steps)
+    for name in reference:
+        torch.testing.assert_close(adapted[name].detach(), reference[name])
+
+    logp = policies.log_prob(spec, adapted, post.observations, post.actions)
+    n = post.mask.sum(-1).clamp(min=1)
+    surrogate = ((torch.exp(logp - old_logp) * post.advantages * post.mask).sum(-1) / n).mean()
+    grads = torch.autograd.grad(surrogate, list(leaves.values()), create_graph=True)
+    g = flatten(dict(enumerate(grads)))  # type: ignore[arg-type]
+    torch.testing.assert_close(lvc.grad(), g.detach(), rtol=1e-8, atol=1e-12)
+    assert (lvc.grad() - maml_grad).abs().max() > 1e-3 * maml_grad.abs().max()
+
+    # The KL curvature through the LVC Jacobian: J^T F J v, against autograd's J products.
+    v = torch.randn(g.shape, generator=torch.Generator().manual_seed(3), dtype=F64)
+    fisher_u = lvc.shards[0].post.fvp(lvc.shards[0].jacobian.jvp(unflatten(v, theta)[0]))
+    flat_adapted = flatten(adapted)
+    (jtu,) = [torch.autograd.grad(flat_adapted, list(leaves.values()), flatten(fisher_u))]
+    torch.testing.assert_close(lvc.kl_hvp(v), flatten(dict(enumerate(jtu))), rtol=1e-8, atol=1e-12)  # type: ignore[arg-type]
+
+
+def test_first_order_maml_refuses_lvc(tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        env="metarl/Navigation2D-v0", iterations=1, algo="fomaml", inner_estimator="lvc",
+        out=tmp_path / "c", progress=False, tensorboard=False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="first-order MAML drops"):
+        train(cfg)
+
+
+def test_bfloat16_curvature_is_close_to_float32() -> None:
+    """--curvature-dtype bfloat16: the KL curvature products and the conjugate-gradient
+    direction they give stay close to float32's (the gradient is float32 either way)."""
+    spec, theta, pre, post = problem("gaussian", k=4, n=200)
+    f32 = {k: v.float() for k, v in theta.items()}
+
+    def cast(b):  # type: ignore[no-untyped-def]
+        return type(b)(*(t.float() if t.is_floating_point() else t for t in b))
+
+    exact = meta_objective(spec, f32, None, cast(pre), cast(post), steps=1)
+    low = meta_objective(
+        spec, f32, None, cast(pre), cast(post), steps=1, curvature_dtype=torch.bfloat16
+    )
+    torch.testing.assert_close(low.grad(), exact.grad())
+    v = torch.randn(exact.x.shape, generator=torch.Generator().manual_seed(0))
+    hv, hv_low = exact.kl_hvp(v), low.kl_hvp(v)
+    assert hv_low.dtype == torch.float32
+    assert (hv_low - hv).norm() < 0.02 * hv.norm()
+    d, _ = trpo.conjugate_gradient(lambda u: exact.kl_hvp(u) + 1e-2 * u, exact.grad(), 10)
+    d_low, _ = trpo.conjugate_gradient(lambda u: low.kl_hvp(u) + 1e-2 * u, exact.grad(), 10)
+    assert torch.nn.functional.cosine_similarity(d, d_low, dim=0) > 0.99
+
+
+def test_fast_tanh_is_tanh() -> None:
+    x = torch.linspace(-12, 12, 100_001)
+    assert (policies.tanh(x) - torch.tanh(x)).abs().max() < 2e-7
+    xd = x.double().requires_grad_()
+    (g,) = torch.autograd.grad(policies.tanh(xd).sum(), xd)
+    torch.testing.assert_close(g, 1 - torch.tanh(xd.detach()) ** 2)
+
+
 def test_curvature_on_a_subset_of_the_episodes() -> None:
     """--cg-subsample: the KL curvature is that of the first episodes of every task, at the
     parameters the whole batch adapts to; the gradient still uses every episode."""
@@ -172,10 +260,21 @@ def test_conjugate_gradient_solves_a_spd_system() -> None:
     m = torch.randn(6, 6, generator=gen, dtype=F64)
     a = m @ m.T + 0.5 * torch.eye(6, dtype=F64)
     b = torch.randn(6, generator=gen, dtype=F64)
-    x = trpo.conjugate_gradient(lambda v: a @ v, b, iters=6)  # exact in n steps
+    products = 0
+
+    def mvp(v: torch.Tensor) -> torch.Tensor:
+        nonlocal products
+        products += 1
+        return a @ v
+
+    x, xax = trpo.conjugate_gradient(mvp, b, iters=6)  # exact in n steps
     torch.testing.assert_close(x, torch.linalg.solve(a, b))
-    few = trpo.conjugate_gradient(lambda v: a @ v, b, iters=2)
-    assert (a @ few - b).norm() < b.norm()  # CG decreases the error monotonically
+    for iters in (6, 2):  # x^T A x from the residual, without another product
+        products = 0
+        x, xax = trpo.conjugate_gradient(mvp, b, iters=iters)
+        assert products == iters
+        assert xax == pytest.approx(float(x @ a @ x), rel=1e-10)
+    assert (a @ x - b).norm() < b.norm()  # CG decreases the error monotonically
 
 
 def test_line_search_respects_max_kl_and_backtracks() -> None:

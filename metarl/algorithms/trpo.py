@@ -59,9 +59,19 @@ class StepStats(NamedTuple):
     """Mean KL between the old and the new policies (0 when rejected)."""
 
 
+class CGResult(NamedTuple):
+    """What :func:`conjugate_gradient` found for ``A x = b``."""
+
+    x: Tensor
+    """The approximate solution."""
+    xax: float
+    """``x^T A x``, read off the final residual: ``x^T (b - r)`` with ``r = b - A x`` (CG keeps
+    ``r`` up to date), which saves the extra product with ``A`` a TRPO step would need for it."""
+
+
 def conjugate_gradient(
     mvp: Callable[[Tensor], Tensor], b: Tensor, iters: int, residual_tol: float = 1e-10
-) -> Tensor:
+) -> CGResult:
     """Approximately solves ``A x = b`` for symmetric positive definite ``A`` given only
     ``mvp(v) = A v``, starting from ``x = 0`` (``iters`` products at most)."""
     x = torch.zeros_like(b)
@@ -78,7 +88,7 @@ def conjugate_gradient(
         rr_new = r.dot(r)
         p = r + (rr_new / rr) * p
         rr = rr_new
-    return x
+    return CGResult(x, x.dot(b - r).item())
 
 
 def step(
@@ -99,8 +109,8 @@ def step(
     def damped(v: Tensor) -> Tensor:
         return hvp(v) + config.cg_damping * v
 
-    direction = conjugate_gradient(damped, grad, config.cg_iters)
-    shs = 0.5 * direction.dot(damped(direction)).item()
+    direction, shs2 = conjugate_gradient(damped, grad, config.cg_iters)
+    shs = 0.5 * shs2
     rejected = StepStats(False, 0, surrogate_before, surrogate_before, 0.0)
     if not math.isfinite(shs) or shs <= 0:
         return x, rejected
