@@ -24,6 +24,9 @@ load from other jobs on the machine shifts numerator and denominator alike.
   stacked in batched matmuls, closed-form products with the inner loop's Jacobian
   (metarl/algorithms/derivatives.py); 1 or 2 worker threads, or 2 torchrun processes of 1
   thread; and, for comparison, 1 worker with torch's 2 OpenMP threads (which metarl turns off).
+* ``--curvature-dtype bfloat16``: the reference configuration with conjugate gradient's KL
+  curvature products in bfloat16 (float32 accumulation), on CPUs with native bf16 dot products;
+  the gradient and the line search stay float32 (tests/test_algorithms.py bounds the difference).
 * ``--cg-subsample 0.2``: the KL curvature on 4 of each task's 20 episodes (not the reference
   configuration: rllab's subsample_factor, TRPO paper app. C), shown separately.
 
@@ -333,6 +336,14 @@ def kl_hvp_ms() -> tuple[float, float]:
     return 1000 * min(a), 1000 * min(b)
 
 
+def tanh_ms() -> tuple[float, float]:
+    """torch.tanh against metarl's 2 sigmoid(2x) - 1, on a hidden activation of a meta-batch."""
+    torch.set_num_threads(1)
+    x = torch.randn(TASKS, EPISODES * 100, HIDDEN[0], generator=torch.Generator().manual_seed(0))
+    assert (policies.tanh(x) - torch.tanh(x)).abs().max() < 2e-7
+    return _best(lambda: torch.tanh(x), 20), _best(lambda: policies.tanh(x), 20)
+
+
 def _best(f, repeats: int = 5) -> float:  # type: ignore[no-untyped-def]
     """Milliseconds of the fastest of a few calls (after a warm-up)."""
     f()
@@ -366,6 +377,9 @@ def main() -> None:
     }
     if not args.no_torchrun:
         variants["torchrun, 2 processes x 1 thread"] = lambda: torchrun_seconds(n + 1, 2)[1:]
+    variants["metarl train, 2 worker threads, --curvature-dtype bfloat16"] = lambda: metarl_seconds(
+        n + 1, threads=2, curvature_dtype="bfloat16"
+    )[1:]
     variants["metarl train, 2 worker threads, --cg-subsample 0.2 (*)"] = lambda: metarl_seconds(
         n + 1, threads=2, cg_subsample=0.2
     )[1:]
@@ -394,6 +408,11 @@ def main() -> None:
         f"\none KL Hessian-vector product through the inner loop, 1 thread: autograd double "
         f"backward {autograd_ms:.0f} ms, closed form {closed_ms:.0f} ms "
         f"({autograd_ms / closed_ms:.1f}x)"
+    )
+    torch_ms, ours_ms = tanh_ms()
+    print(
+        f"tanh of a [20, 2000, 64] float32 activation, 1 thread: torch.tanh {torch_ms:.2f} ms, "
+        f"metarl.policies.tanh (2 sigmoid(2x) - 1) {ours_ms:.2f} ms ({torch_ms / ours_ms:.1f}x)"
     )
     stacked, vmapped = inner_loop_ms()
     winner = "stacked" if stacked <= vmapped else "vmap"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -131,9 +131,22 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return torch.nn.functional.linear(x, weight, bias)
 
 
+def tanh(x: Tensor) -> Tensor:
+    """``tanh(x)`` as ``2 sigmoid(2x) - 1``: the same function (in float32 within 2e-7 of the
+    exact value; ``torch.tanh``: 3e-8), ~3x faster than ``torch.tanh`` on CPU, whose kernel
+    costs ~2.6 ns per element against ~0.4 ns for ``sigmoid`` (``benchmarks/train_speed.py``
+    prints both). Autograd and ``torch.func`` differentiate it as usual."""
+    return torch.sigmoid(x * 2.0).mul(2.0).sub_(1.0)
+
+
+def activation(spec: PolicySpec) -> Callable[[Tensor], Tensor]:
+    """The hidden-layer nonlinearity of ``spec``."""
+    return tanh if spec.activation == "tanh" else torch.relu
+
+
 def forward(spec: PolicySpec, params: Params, obs: Tensor) -> Tensor:
     """Logits (categorical) or action means (gaussian) for ``obs``."""
-    act = torch.tanh if spec.activation == "tanh" else torch.relu
+    act = activation(spec)
     x = obs
     last = spec.num_layers - 1
     for i in range(spec.num_layers):

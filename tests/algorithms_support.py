@@ -34,13 +34,13 @@ def problem(distribution: str, activation: str = "tanh", k: int = 3, n: int = 9)
     return spec, theta, batch(spec, k, n, 1), batch(spec, k, n, 2)
 
 
-def meta_objective(spec, theta, rates, pre, post, steps, lr=0.1, first_order=False):  # type: ignore[no-untyped-def]
+def meta_objective(spec, theta, rates, pre, post, steps, lr=0.1, first_order=False, **kw):  # type: ignore[no-untyped-def]
     """A MetaObjective with the post-update batch's 'old' policy at the current parameters."""
     config = InnerLoopConfig(lr=lr, steps=steps)
     adapted = inner_loop.adapt(spec, theta, pre, lr=rates if rates else lr, steps=steps)
     return maml.MetaObjective(
         spec, theta, rates, pre, adapted, post, config,
-        num_tasks=pre.mask.shape[0], first_order=first_order, ctx=distributed.Context(),
+        num_tasks=pre.mask.shape[0], first_order=first_order, ctx=distributed.Context(), **kw,
     )  # fmt: skip
 
 

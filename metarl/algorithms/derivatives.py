@@ -27,7 +27,9 @@ Parameters are stacked ``K`` deep (:func:`metarl.policies.stack`).
 
 from __future__ import annotations
 
+import copy
 import math
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -72,7 +74,7 @@ class MLPTape:
             if i == self.layers - 1:
                 self.out = z
             elif spec.activation == "tanh":
-                x = torch.tanh(z)
+                x = policies.tanh(z)
                 self.dphi.append(1.0 - x * x)
             else:
                 x = torch.relu(z)
@@ -149,6 +151,21 @@ class _Head:
             return g_out, g_log_std
         return w * self._softmax_curvature(dout), None
 
+    def score_outer(
+        self, w: Tensor, dout: Tensor, dlog_std: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """``sum_n w_n s_n (s_n . d)`` for the scores ``s_n`` of ``log pi_n`` in output and
+        ``log_std``, times a tangent ``d``: what LVC adds to the inner loss's Hessian (negated)."""
+        if self.gaussian:
+            assert dlog_std is not None
+            s_ls = self.err * self.err_iv - 1.0  # d log pi / d log_std
+            c = w * ((self.err_iv * dout).sum(-1) + (s_ls * dlog_std.unsqueeze(1)).sum(-1))
+            c = c.unsqueeze(-1)
+            return c * self.err_iv, (c * s_ls).sum(1)
+        s_out = self.onehot - self.probs  # d log pi / d logits
+        c = (w * (s_out * dout).sum(-1)).unsqueeze(-1)
+        return c * s_out, None
+
     def fisher(
         self, w: Tensor, dout: Tensor, dlog_std: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
@@ -172,11 +189,19 @@ def _hessian_vector(
     gh: list[Tensor],
     curv: list[Tensor | None],
     v: Params,
+    lvc: bool = False,
 ) -> Params:
     """Hessian of the weighted loss ``sum_n w_n * -log pi_n`` (in the parameters) times ``v``:
-    forward-mode over the backward pass, reusing the primal quantities of ``tape``."""
+    forward-mode over the backward pass, reusing the primal quantities of ``tape``. With ``lvc``,
+    that of ``sum_n w_n * -pi_n / stop_gradient(pi_n)`` instead (same value and gradient at the
+    current parameters; its Hessian has ``- sum_n w_n s_n s_n^T`` more, ``s_n`` the score)."""
     dout, dhidden = tape.jvp(v)
     ddelta, dlog_std = head.hvp(w, dout, v.get("log_std"))
+    if lvc:
+        extra_out, extra_log_std = head.score_outer(w, dout, v.get("log_std"))
+        ddelta = ddelta - extra_out
+        if dlog_std is not None and extra_log_std is not None:
+            dlog_std = dlog_std - extra_log_std
     out: Params = {}
     for i in reversed(range(tape.layers)):
         dw = _outer_sum(ddelta, tape.inputs[i])
@@ -195,9 +220,11 @@ def _hessian_vector(
 
 
 class _InnerStep:
-    """One inner step's linearization: the loss Hessian at that step's parameters."""
+    """One inner step's linearization: the loss Hessian at that step's parameters (``lvc``: that
+    of ProMP's low-variance curvature surrogate, see :class:`InnerLoopJacobian`)."""
 
-    def __init__(self, spec: PolicySpec, params: Params, batch: LossBatch) -> None:
+    def __init__(self, spec: PolicySpec, params: Params, batch: LossBatch, lvc: bool) -> None:
+        self.lvc = lvc
         n = batch.mask.sum(-1, keepdim=True).clamp(min=1)
         self.w = w = batch.advantages * batch.mask / n  # reinforce_loss = sum_n w_n * -log pi_n
         self.tape = MLPTape(spec, params, batch.observations)
@@ -212,7 +239,9 @@ class _InnerStep:
                 self.curv[i] = -2.0 * self.tape.inputs[i] * self.gh[i]
 
     def hvp(self, v: Params) -> Params:
-        return _hessian_vector(self.tape, self.head, self.w, self.deltas, self.gh, self.curv, v)
+        return _hessian_vector(
+            self.tape, self.head, self.w, self.deltas, self.gh, self.curv, v, self.lvc
+        )
 
 
 def _scale(lr: float | Params, name: str, x: Tensor) -> Tensor:
@@ -229,6 +258,14 @@ class InnerLoopJacobian:
     gradients are constants (first-order MAML): theta'_i moves exactly as theta does. With
     ``hessian_batch`` (a subset of ``batch``'s samples) the inner loss Hessians are estimated on
     it, at the iterates the whole batch gives: a cheaper approximation for TRPO's curvature.
+
+    ``inner_estimator`` says which inner-loss Hessian the map's Jacobian uses. ``reinforce``: that
+    of the REINFORCE loss the inner loop descends (MAML's meta-gradient; it treats the pre-update
+    episodes as fixed data, ignoring that theta also chose them). ``lvc``: that of ProMP's
+    low-variance curvature surrogate ``-sum_n w_n pi_n / stop_gradient(pi_n)`` (Rothfuss et al.,
+    2019), which has the same value and gradient, so the same theta', but whose Hessian adds
+    ``-sum_n w_n s_n s_n^T`` (``s_n`` the score of sample n): the term through which the
+    meta-gradient credits the pre-update policy for the information its episodes carry.
     """
 
     def __init__(
@@ -241,7 +278,13 @@ class InnerLoopJacobian:
         steps: int,
         first_order: bool = False,
         hessian_batch: LossBatch | None = None,
+        inner_estimator: str = "reinforce",
     ) -> None:
+        if inner_estimator not in ("reinforce", "lvc"):
+            raise ValueError(
+                f"inner_estimator must be 'reinforce' or 'lvc', not {inner_estimator!r}"
+            )
+        lvc = inner_estimator == "lvc"
         self.spec = spec
         self.lr = lr
         self.k = batch.advantages.shape[0]
@@ -252,10 +295,10 @@ class InnerLoopJacobian:
             return
         current = policies.stack(spec, theta, self.k)
         for _ in range(steps):
-            step = _InnerStep(spec, current, batch)
+            step = _InnerStep(spec, current, batch, lvc)
             self.grads.append(step.grad)
             if hessian_batch is not None and not first_order:
-                self.steps.append(_InnerStep(spec, current, hessian_batch))
+                self.steps.append(_InnerStep(spec, current, hessian_batch, lvc))
             else:
                 self.steps.append(step)
             current = {k: p - _scale(lr, k, step.grad[k]) for k, p in current.items()}
@@ -359,6 +402,32 @@ class PostUpdateObjective:
         ratio = torch.exp(new_logp - self.old_logp)
         surrogate = (self.w * ratio * self.batch.advantages).sum()
         return surrogate, (self.w * kl).sum()
+
+
+_L = TypeVar("_L")
+
+
+def converted(linearization: _L, dtype: torch.dtype) -> _L:
+    """A copy of a linearization (:class:`InnerLoopJacobian`, :class:`PostUpdateObjective`) whose
+    floating-point tensors are converted to ``dtype``: its products then run at that precision
+    (inputs must be converted too), from quantities computed at the original one."""
+
+    def convert(x: Any) -> Any:
+        if isinstance(x, Tensor):
+            return x.to(dtype) if x.is_floating_point() else x
+        if isinstance(x, list):
+            return [convert(v) for v in x]
+        if isinstance(x, dict):
+            return {k: convert(v) for k, v in x.items()}
+        if isinstance(x, LossBatch):
+            return LossBatch(*(convert(v) for v in x))
+        if isinstance(x, (MLPTape, _Head, _InnerStep, InnerLoopJacobian, PostUpdateObjective)):
+            new = copy.copy(x)
+            new.__dict__.update({k: convert(v) for k, v in vars(x).items()})
+            return new
+        return x
+
+    return convert(linearization)
 
 
 def _log_prob(spec: PolicySpec, params: Params, out: Tensor, actions: Tensor) -> Tensor:
