@@ -78,7 +78,7 @@ class TrainConfig:
     only; theta' is the same either way). ``reinforce``: MAML's, the REINFORCE loss's, which
     treats the pre-update episodes as fixed data. ``lvc``: ProMP's low-variance curvature
     estimator (Rothfuss et al. 2019), which also credits the pre-update policy for what its
-    episodes tell the inner step (meta-learned exploration)."""
+    episodes tell the inner step (meta-learned exploration); with ``--outer adam``."""
     outer: Literal["adam", "trpo"] = "adam"
     """Outer loop: Adam on the post-update loss, or TRPO (the MAML paper's)."""
     meta_batch_size: int = 20
@@ -180,6 +180,12 @@ def _train(
         raise ValueError(
             f"--inner-estimator {cfg.inner_estimator} changes the inner step's Hessian, which "
             "first-order MAML drops: use --algo maml or metasgd, or --inner-estimator reinforce"
+        )
+    if cfg.inner_estimator == "lvc" and cfg.outer == "trpo":
+        raise ValueError(
+            "--inner-estimator lvc with --outer trpo: TRPO's line search measures the surrogate "
+            "on the episodes already sampled, which cannot show the exploration LVC credits, so "
+            "it rejects most steps; use --outer adam with lvc"
         )
     torch.set_num_threads(1)  # parallelism comes from `workers` (and processes)
     family = envs.family(cfg.env)

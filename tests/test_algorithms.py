@@ -183,12 +183,18 @@ def test_lvc_meta_gradient_matches_autograd_of_the_lvc_surrogate(
     torch.testing.assert_close(lvc.kl_hvp(v), flatten(dict(enumerate(jtu))), rtol=1e-8, atol=1e-12)  # type: ignore[arg-type]
 
 
-def test_first_order_maml_refuses_lvc(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("algo", "outer", "message"),
+    [("fomaml", "adam", "first-order MAML drops"), ("maml", "trpo", "use --outer adam")],
+)
+def test_lvc_is_refused_where_it_cannot_work(
+    tmp_path: Path, algo: str, outer: str, message: str
+) -> None:
     cfg = TrainConfig(
-        env="metarl/Navigation2D-v0", iterations=1, algo="fomaml", inner_estimator="lvc",
-        out=tmp_path / "c", progress=False, tensorboard=False,
+        env="metarl/Navigation2D-v0", iterations=1, algo=algo, outer=outer,  # type: ignore[arg-type]
+        inner_estimator="lvc", out=tmp_path / "c", progress=False, tensorboard=False,
     )  # fmt: skip
-    with pytest.raises(ValueError, match="first-order MAML drops"):
+    with pytest.raises(ValueError, match=message):
         train(cfg)
 
 
@@ -399,3 +405,21 @@ def test_every_algo_and_outer_loop_trains_a_loadable_checkpoint(
         assert ckpt.learning_rates is None
     rows = cfg.out.with_name("ckpt.metrics.csv").read_text().splitlines()
     assert rows[0].startswith("iteration,pre_return,post_return") and len(rows) == 3
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"algo": "maml", "outer": "adam", "inner_estimator": "lvc"},
+        {"algo": "metasgd", "outer": "adam", "inner_estimator": "lvc"},
+        {"algo": "maml", "outer": "trpo", "curvature_dtype": "bfloat16"},
+        {"algo": "metasgd", "outer": "trpo", "curvature_dtype": "auto", "cg_subsample": 0.5},
+    ],
+)
+def test_estimator_and_curvature_options_train(tmp_path: Path, options: dict[str, str]) -> None:
+    cfg = _tiny(tmp_path, **options)
+    train(cfg)
+    training = load_checkpoint(cfg.out).training
+    assert training["inner_estimator"] == options.get("inner_estimator", "reinforce")
+    if options["outer"] == "trpo":
+        assert training["trpo"]["curvature_dtype"] in ("float32", "bfloat16")
