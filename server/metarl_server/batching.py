@@ -12,6 +12,7 @@ single-threaded.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,25 +39,28 @@ class ActJob:
     rng: np.random.Generator
     actions: NDArray[Any] | None = None
     log_probs: NDArray[np.float32] | None = None
-    action: NDArray[Any] | None = None
-    """For a one-observation job: its action (``actions[0]``) and log-probability."""
+    action: int | list[float] | None = None
+    """For a one-observation job computed alone: its action in Python numbers (an index from 0,
+    or the components) and its log-probability (see ``NumpyPolicy.act_one``)."""
     log_prob: float = 0.0
     error: Exception | None = None
     event: threading.Event | None = field(default=None, repr=False)
 
     def result(self) -> tuple[NDArray[Any], NDArray[np.float32]]:
-        """Actions ``[N, ...]`` and log-probabilities ``[N]``."""
+        """Actions ``[N, ...]`` (int64 indices or float32 rows) and log-probabilities ``[N]``."""
         if self.action is not None:
-            return self.action[None], np.array([self.log_prob], np.float32)
+            dtype = np.int64 if isinstance(self.action, int) else np.float32
+            return np.array([self.action], dtype), np.array([self.log_prob], np.float32)
         assert self.actions is not None and self.log_probs is not None
         return self.actions, self.log_probs
 
-    def result_one(self) -> tuple[NDArray[Any], float]:
-        """The action and log-probability of a one-observation job."""
+    def result_one(self) -> tuple[int | list[float], float]:
+        """The action of a one-observation job in Python numbers (an index from 0, or the
+        components) and its log-probability."""
         if self.action is not None:
             return self.action, self.log_prob
         assert self.actions is not None and self.log_probs is not None
-        return self.actions[0], float(self.log_probs[0])
+        return self.actions[0].tolist(), float(self.log_probs[0])
 
     handoff: list[ActJob] | None = field(default=None, repr=False)
     """Set when this job's thread becomes the leader: the batch it must compute."""
@@ -177,12 +181,11 @@ def _compute_one(job: ActJob) -> None:
         with np.errstate(all="ignore"):
             _finish(job, policy.forward(job.params, job.obs))
         return
-    out = policy.forward_one(job.params, job.obs[0])
-    if not all_finite(out):
+    out = policy.forward_one(job.params, job.obs[0]).tolist()
+    if not all(map(math.isfinite, out)):
         job.error = _not_finite()
         return
-    action, logp = policy.act_one(job.params, out, job.deterministic, job.rng)
-    job.action, job.log_prob = action, logp
+    job.action, job.log_prob = policy.act_one(job.params, out, job.deterministic, job.rng)
 
 
 def _compute_group(jobs: list[ActJob]) -> int:

@@ -23,6 +23,8 @@ from numpy.typing import NDArray
 
 F32 = NDArray[np.float32]
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+_SCALAR_DRAWS = 8
+"""Up to this many action components, one-observation sampling draws scalars."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class ParamSet:
     Immutable once built: a session swaps its whole ``ParamSet`` when it adapts, so a reader
     holding one sees a consistent set. ``flat`` is the only buffer; the views share it."""
 
-    __slots__ = ("flat", "layers", "log_std", "logp_const", "std")
+    __slots__ = ("flat", "layers", "log_std", "logp_const", "logp_one", "std", "std_one")
 
     def __init__(self, policy: NumpyPolicy, flat: F32) -> None:
         if flat.dtype != np.float32 or flat.shape != (policy.num_params,):
@@ -98,6 +100,9 @@ class ParamSet:
             self.logp_const = np.float32(
                 -self.log_std.sum(dtype=np.float32) - np.float32(_HALF_LOG_2PI) * len(self.log_std)
             )
+            # the same as Python numbers, for :meth:`NumpyPolicy.act_one`
+            self.std_one: list[float] = self.std.tolist()
+            self.logp_one = float(self.logp_const)
 
 
 class NumpyPolicy:
@@ -134,11 +139,16 @@ class NumpyPolicy:
         return x
 
     def forward_one(self, ps: ParamSet, obs: F32) -> F32:
-        """``[out]`` for one observation ``[obs_dim]``."""
+        """``[out]`` for one observation ``[obs_dim]``.
+
+        ``w @ x`` (the matmul ufunc), not ``np.dot``: both end in the same BLAS matrix-vector
+        product, but ``np.dot`` releases the GIL around it, and with other threads waiting for
+        the GIL (gRPC's, other calls') every release costs a hand-over and two context switches,
+        several times the product itself."""
         x = obs
         last = len(ps.layers) - 1
         for i, (w, b) in enumerate(ps.layers):
-            x = np.dot(w, x)
+            x = w @ x
             x += b
             if i < last:
                 x = self._act(x, out=x)
@@ -160,28 +170,37 @@ class NumpyPolicy:
     # -- actions -------------------------------------------------------------------------------
 
     def act_one(
-        self, ps: ParamSet, out: F32, deterministic: bool, rng: np.random.Generator
-    ) -> tuple[NDArray[Any], float]:
-        """:meth:`act` for one observation (``out`` ``[out]``): the action and its
-        log-probability, with fewer numpy calls (this is every control loop's step)."""
+        self, ps: ParamSet, out: list[float], deterministic: bool, rng: np.random.Generator
+    ) -> tuple[int | list[float], float]:
+        """:meth:`act` for one observation, in Python numbers (this is every control loop's
+        step): from the forward output ``out`` (a list), the action (an index from 0, or the
+        action's components) and its log-probability.
+
+        Sampling draws one scalar at a time from ``rng``: the same numbers as one array draw,
+        and scalar draws keep the GIL (an array draw releases it; see :meth:`forward_one`)."""
         if self.arch.categorical:
-            logits = out.tolist()
-            top = max(logits)
-            log_z = top + math.log(math.fsum(math.exp(v - top) for v in logits))
+            top = max(out)
+            log_z = top + math.log(math.fsum(math.exp(v - top) for v in out))
             if deterministic:
-                a = logits.index(top)
+                a = out.index(top)
             else:
-                u, cdf, a = float(rng.random(dtype=np.float32)), 0.0, len(logits) - 1
-                for i, v in enumerate(logits):
+                u, cdf, a = float(rng.random(dtype=np.float32)), 0.0, len(out) - 1
+                for i, v in enumerate(out):
                     cdf += math.exp(v - log_z)
                     if cdf >= u:
                         a = i
                         break
-            return np.array(a, np.int64), logits[a] - log_z
+            return a, out[a] - log_z
         if deterministic:
-            return out, float(ps.logp_const)
-        noise = rng.standard_normal(out.shape, dtype=np.float32)
-        return out + noise * ps.std, float(ps.logp_const) - 0.5 * float(np.dot(noise, noise))
+            return out, ps.logp_one
+        if len(out) <= _SCALAR_DRAWS:
+            normal = rng.standard_normal
+            noise = [float(normal(dtype=np.float32)) for _ in out]
+        else:
+            noise = rng.standard_normal(len(out), dtype=np.float32).tolist()
+        # z = (action - mean) / std is the noise itself
+        action = [m + n * sd for m, n, sd in zip(out, noise, ps.std_one, strict=True)]
+        return action, ps.logp_one - 0.5 * math.fsum(n * n for n in noise)
 
     def act(
         self, params: ParamSet | F32, out: F32, deterministic: bool, rng: np.random.Generator

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -87,6 +88,41 @@ def encode(arr: np.ndarray, into: tensor_pb2.Tensor | None = None) -> tensor_pb2
     return out
 
 
+_F32 = [struct.Struct(f"<{n}f") for n in range(17)]
+
+
+def _pack_f32(values: list[float]) -> bytes:
+    """Python numbers as little-endian float32 bytes (past float32's range: ±inf, as numpy)."""
+    try:
+        if len(values) < len(_F32):
+            return _F32[len(values)].pack(*values)
+        return struct.pack(f"<{len(values)}f", *values)
+    except OverflowError:
+        return np.array(values, np.float32).astype("<f4").tobytes()
+
+
+def encode_action(pv: PolicyVersion, action: int | list[float], into: tensor_pb2.Tensor) -> None:
+    """A one-observation action (``ActJob.result_one``'s Python numbers) into ``into``, in the
+    action space's terms; without numpy (a handful of numpy calls would cost more than the
+    forward pass's share)."""
+    if isinstance(action, int):
+        into.dtype = tensor_pb2.DTYPE_INT64
+        into.data = _I64.pack(action + pv.action_start)
+        return
+    into.dtype = tensor_pb2.DTYPE_FLOAT32
+    into.shape[:] = pv.action_space.shape or ()
+    into.data = _pack_f32(action)
+
+
+def encode_scalar(value: float, into: tensor_pb2.Tensor) -> None:
+    """A float32 scalar (shape ``[]``) into ``into``."""
+    into.dtype = tensor_pb2.DTYPE_FLOAT32
+    into.data = _pack_f32([value])
+
+
+_I64 = struct.Struct("<q")
+
+
 def _space_proto(space: gym.spaces.Space[Any]) -> pb.Space:
     if isinstance(space, gym.spaces.Discrete):
         return pb.Space(discrete=pb.DiscreteSpace(n=int(space.n), start=int(space.start)))
@@ -148,22 +184,18 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
 
     def _act_one(
         self, s: Session, obs: np.ndarray, deterministic: bool
-    ) -> tuple[np.ndarray, float]:
-        """:meth:`_act` for one observation ``[1, obs_dim]``: the action and its log-probability."""
+    ) -> tuple[int | list[float], float]:
+        """:meth:`_act` for one observation ``[1, obs_dim]``: the action in Python numbers (an
+        index from 0, or the components; see :func:`encode_action`) and its log-probability."""
         job = self.batcher.run(ActJob(s.policy, s.param_set, obs, deterministic, s.rng))
-        action, logp = job.result_one()
-        pv = s.policy
-        if pv.arch.categorical:
-            start = pv.action_start
-            return (action + start if start else action), logp
-        return action.reshape(pv.action_space.shape), logp
+        return job.result_one()
 
     def _record(
         self,
         s: Session,
         feedback: pb.StepFeedback | None,
         obs: np.ndarray | None,
-        action: np.ndarray | None,
+        action: int | list[float] | None,
     ) -> None:
         if s.recording is None:
             return
@@ -171,7 +203,13 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
             if feedback is not None:
                 s.recording.feedback(feedback.reward, feedback.terminated, feedback.truncated)
             if obs is not None and action is not None:
-                s.recording.step(obs[0], action)
+                pv = s.policy
+                s.recording.step(
+                    obs[0],
+                    np.array(action + pv.action_start, np.int64)
+                    if isinstance(action, int)
+                    else np.array(action, np.float32).reshape(pv.action_space.shape),
+                )
         self.sessions.save(s)
 
     # -- RPCs ----------------------------------------------------------------------------------
@@ -267,8 +305,8 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
         if single:
             action, logp = self._act_one(s, obs, request.deterministic)
             self._record(s, feedback, obs, action)
-            encode(action, resp.actions)
-            encode(np.array(logp, np.float32), resp.log_probs)
+            encode_action(s.policy, action, resp.actions)
+            encode_scalar(logp, resp.log_probs)
             return resp
         acts, logps = self._act(s, obs, request.deterministic)
         encode(acts, resp.actions)
@@ -308,7 +346,7 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
                 action, logp = self._act_one(session, obs, req.deterministic)
                 self._record(session, feedback, obs, action)
                 resp = pb.StreamActResponse(log_prob=logp)
-                encode(action, resp.action)
+                encode_action(session.policy, action, resp.action)
                 steps.inc()
                 yield resp
         except ServiceError as exc:

@@ -69,15 +69,16 @@ def observations(
     obs_shape = policy.observation_space.shape
     if (  # the hot path: one float32 observation
         tensor.dtype == tensor_pb2.DTYPE_FLOAT32
+        and _LITTLE_ENDIAN
         and len(tensor.shape) == len(obs_shape)
         and tuple(tensor.shape) == obs_shape
-        and _LITTLE_ENDIAN
-        and len(tensor.data) == 4 * policy.arch.obs_dim
     ):
-        arr = np.frombuffer(tensor.data, np.float32)
-        if not all_finite(arr):
-            raise InvalidArgument(f"{name} contain NaN or infinite values")
-        return arr.reshape(1, -1), True
+        data = tensor.data  # (each read of the field copies it)
+        if len(data) == 4 * policy.arch.obs_dim:
+            arr = np.frombuffer(data, np.float32)
+            if not all_finite(arr):
+                raise InvalidArgument(f"{name} contain NaN or infinite values")
+            return arr.reshape(1, -1), True
     arr = decode(tensor, name)
     if arr.shape == obs_shape:
         single, arr = True, arr.reshape(1, -1)
