@@ -205,6 +205,40 @@ def adapt(
     return current
 
 
+def adapt_with_loss(
+    spec: PolicySpec, params: Params, batch: LossBatch, *, lr: float | Params, steps: int
+) -> tuple[Params, Tensor]:
+    """:func:`adapt` without ``create_graph`` (as the server adapts), also returning each task's
+    inner loss at ``params``, shape ``[K]``, detached.
+
+    The same steps as :func:`adapt`, so the same adapted parameters bit for bit; the loss comes
+    from the first step's gradient evaluation (``torch.func.grad_and_value``) instead of a
+    forward pass of its own."""
+    k = batch.advantages.shape[0]
+    current = policies.stack(spec, params, k)
+
+    def total_loss(p: Params) -> tuple[Tensor, Tensor]:
+        per_task = reinforce_loss(spec, p, batch)
+        return per_task.sum(), per_task.detach()
+
+    if steps <= 0:
+        with torch.no_grad():
+            return current, reinforce_loss(spec, current, batch)
+    loss: Tensor | None = None
+    for _ in range(steps):
+        with torch.enable_grad():
+            grads, (_, per_task) = torch.func.grad_and_value(total_loss, has_aux=True)(current)
+        if loss is None:
+            loss = per_task
+        grads = {name: g.detach() for name, g in grads.items()}
+        current = {
+            name: p - (lr[name] if isinstance(lr, dict) else lr) * grads[name]
+            for name, p in current.items()
+        }
+    assert loss is not None
+    return current, loss
+
+
 def adapt_on_episodes(
     spec: PolicySpec,
     params: Params,

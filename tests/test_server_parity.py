@@ -106,3 +106,46 @@ def test_adapt_over_grpc_equals_the_inner_loop_in_process(
     a, lp = policies.act(ckpt.spec, local, torch.as_tensor(probe), deterministic=True)
     np.testing.assert_allclose(served_a, a.numpy(), atol=1e-6, rtol=1e-6)
     np.testing.assert_allclose(served_lp, lp.numpy(), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "learned_lr", "steps"),
+    [("nav", False, 1), ("nav", True, 3), ("discrete", False, 2), ("relu", False, 0)],
+)
+def test_adapt_with_loss_is_adapt_bit_for_bit(name: str, learned_lr: bool, steps: int) -> None:
+    """The worker's ``adapt_with_loss``: the trainer's θ' exactly, and the loss before it."""
+    spec = SPECS[name]
+    gen = torch.Generator().manual_seed(3)
+    params = policies.init_params(spec, gen)
+    action_dim = None if spec.distribution == "categorical" else spec.action_dim
+    eps = [random_episodes(1, n, spec.obs_dim, action_dim, seed=n)[0] for n in (12, 30, 5)]
+    if action_dim is None:
+        eps = [(o, a % spec.action_dim, r) for o, a, r in eps]
+    batch = inner_loop.prepare(
+        inner_loop.pad_episodes([tuple(map(torch.as_tensor, e)) for e in eps]),  # type: ignore[misc]
+        InnerLoopConfig(),
+    )
+    lr = {k: torch.rand(v.shape, generator=gen) for k, v in params.items()} if learned_lr else 0.1
+    reference = inner_loop.adapt(spec, params, batch, lr=lr, steps=steps)
+    adapted, loss = inner_loop.adapt_with_loss(spec, params, batch, lr=lr, steps=steps)
+    assert all(torch.equal(adapted[k], reference[k]) for k in reference)
+    with torch.no_grad():
+        before = inner_loop.reinforce_loss(spec, policies.stack(spec, params, 1), batch)
+    torch.testing.assert_close(loss, before, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_one_observation_path_matches_the_batch_path(name: str, deterministic: bool) -> None:
+    """``act_one`` (Python numbers, scalar draws) gives the actions and log-probabilities of
+    ``act`` on a batch of one, drawing the same numbers from the same generator."""
+    spec = SPECS[name]
+    params = policies.init_params(spec, torch.Generator().manual_seed(4))
+    pol = NumpyPolicy(Arch.from_spec_dict(spec.to_dict()))
+    ps = pol.params(flat(spec, params))
+    one, batch = np.random.default_rng(9), np.random.default_rng(9)
+    for obs in np.random.default_rng(5).normal(size=(20, spec.obs_dim)).astype(np.float32):
+        a, lp = pol.act_one(ps, pol.forward_one(ps, obs).tolist(), deterministic, one)
+        ref_a, ref_lp = pol.act(ps, pol.forward(ps, obs[None]), deterministic, batch)
+        np.testing.assert_allclose(np.asarray(a), ref_a[0], atol=1e-6, rtol=1e-6)
+        np.testing.assert_allclose(lp, ref_lp[0], atol=1e-6, rtol=1e-6)

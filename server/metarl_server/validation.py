@@ -34,12 +34,28 @@ def all_finite(arr: NDArray[Any]) -> bool:
     return bool(np.isfinite(arr).all())
 
 
+_FAST_DTYPES: dict[int, np.dtype[Any]] = (
+    {tensor_pb2.DTYPE_FLOAT32: np.dtype("<f4"), tensor_pb2.DTYPE_INT64: np.dtype("<i8")}
+    if _LITTLE_ENDIAN
+    else {}
+)
+
+
 def decode(tensor: tensor_pb2.Tensor, name: str) -> NDArray[Any]:
     if len(tensor.shape) > MAX_RANK:
         raise InvalidArgument(
             f"{name}: shape has {len(tensor.shape)} dimensions; no tensor here has more than "
             f"{MAX_RANK}"
         )
+    dtype = _FAST_DTYPES.get(tensor.dtype)
+    if dtype is not None:  # the usual case, reading the data once (each read copies it)
+        shape = tuple(tensor.shape)
+        data = tensor.data
+        if min(shape, default=0) >= 0 and math.prod(shape) * dtype.itemsize == len(data):
+            try:
+                return np.frombuffer(data, dtype).reshape(shape)
+            except ValueError:
+                pass  # (from_tensor says why)
     try:
         return from_tensor(tensor, name)
     except TensorError as exc:
@@ -129,6 +145,54 @@ def actions(arr: NDArray[Any], policy: PolicyVersion, steps: int, name: str) -> 
 
 def episodes(msgs: list[pb.Episode], policy: PolicyVersion, max_transitions: int) -> list[Episode]:
     """Decoded, checked episodes ``(observations, actions, rewards)``."""
+    fast = _episodes_float32(msgs, policy, max_transitions)
+    if fast is not None:
+        return fast
+    return _episodes(msgs, policy, max_transitions)
+
+
+def _episodes_float32(
+    msgs: list[pb.Episode], policy: PolicyVersion, max_transitions: int
+) -> list[Episode] | None:
+    """:func:`_episodes` for the usual request (float32 everything, a box action space, the
+    right shapes, finite values), checking the values of all episodes at once: three numpy
+    checks instead of three per episode. None when anything is unusual: then :func:`_episodes`
+    checks episode by episode and says what is wrong where."""
+    space = policy.action_space
+    if not (msgs and _LITTLE_ENDIAN and isinstance(space, gym.spaces.Box)):
+        return None
+    f32 = tensor_pb2.DTYPE_FLOAT32
+    obs_shape = tuple(policy.observation_space.shape)
+    act_shape = tuple(space.shape)
+    obs_dim, act_dim = math.prod(obs_shape), math.prod(act_shape)
+    out: list[Episode] = []
+    total = 0
+    for ep in msgs:
+        o, a, r = ep.observations, ep.actions, ep.rewards
+        if not (o.dtype == f32 and a.dtype == f32 and r.dtype == f32 and len(r.shape) == 1):
+            return None
+        steps = r.shape[0]
+        total += steps
+        if steps == 0 or total > max_transitions:
+            return None
+        if tuple(o.shape) != (steps, *obs_shape) or tuple(a.shape) != (steps, *act_shape):
+            return None
+        od, ad, rd = o.data, a.data, r.data
+        if len(od) != 4 * steps * obs_dim or len(ad) != 4 * steps * act_dim or len(rd) != 4 * steps:
+            return None
+        out.append(
+            (
+                np.frombuffer(od, np.float32).reshape(steps, obs_dim),
+                np.frombuffer(ad, np.float32).reshape(steps, act_dim),
+                np.frombuffer(rd, np.float32),
+            )
+        )
+    if not all(np.isfinite(np.concatenate([e[i] for e in out], axis=None)).all() for i in range(3)):
+        return None
+    return out
+
+
+def _episodes(msgs: list[pb.Episode], policy: PolicyVersion, max_transitions: int) -> list[Episode]:
     out = []
     total = 0
     obs_shape = tuple(policy.observation_space.shape)
