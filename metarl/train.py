@@ -115,7 +115,7 @@ class TrainConfig:
     (TRPO paper, app. C); the gradient and the line search always use every episode."""
     curvature_dtype: Literal["float32", "bfloat16", "auto"] = "float32"
     """TRPO: precision of the KL curvature products (conjugate gradient's). ``bfloat16`` runs their
-    matmuls ~3x faster on CPUs with native bf16 dot products (AVX512-BF16, AMX), accumulating in
+    matmuls ~2.5x faster on CPUs with native bf16 dot products (AVX512-BF16, AMX), accumulating in
     float32; the gradient and the line search (which checks the trust region) stay float32.
     ``auto``: bfloat16 where the CPU has native support, else float32."""
     hidden_sizes: tuple[int, ...] = (64,)

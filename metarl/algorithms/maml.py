@@ -221,7 +221,7 @@ def _cast(params: Params, dtype: torch.dtype) -> Params:
 
 def curvature_dtype(name: str) -> torch.dtype | None:
     """The dtype TRPO's curvature products run in: ``float32`` (``None``: the training dtype,
-    exact) or ``bfloat16``, whose matmuls run ~3x faster on CPUs with native bf16 dot products
+    exact) or ``bfloat16``, whose matmuls run ~2.5x faster on CPUs with native bf16 dot products
     (AVX512-BF16, AMX) and accumulate in float32. Only the conjugate-gradient direction comes
     from these products; the gradient, the step size's KL bound check and the line search stay
     in float32, so an accepted step still satisfies the trust region exactly. ``auto`` picks
