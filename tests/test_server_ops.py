@@ -292,7 +292,7 @@ def test_a_dead_adaptation_worker_is_replaced(registry: Any) -> None:
             s = stub(channel)
             sid = create(s, CARTPOLE)
             s.Adapt(pb.AdaptRequest(session_id=sid, episodes=eps))
-            (pid,) = adapter._pool._processes  # type: ignore[attr-defined]
+            (pid,) = adapter.worker_pids
             os.kill(pid, signal.SIGKILL)
             codes = []
             for _ in range(3):

@@ -1,6 +1,7 @@
 """Runs adaptations (and checkpoint loads) off the request path, in a small pool of processes.
 
-``Adapt`` handlers submit a job and wait for its result; ``Act`` handlers never wait for the pool,
+``Adapt`` handlers send a job to an idle worker over its pipe and read the answer themselves (no
+executor threads in between); ``Act`` handlers never wait for the pool,
 so one client's adaptation does not stall other clients' actions. The number of jobs queued or
 running is bounded (``RESOURCE_EXHAUSTED`` past it), and a worker that dies (out of memory, a
 signal) is replaced: its callers get ``UNAVAILABLE`` and may retry.
@@ -8,11 +9,14 @@ signal) is replaced: its callers get ``UNAVAILABLE`` and may retry.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import queue
 import threading
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+import time
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +26,53 @@ from metarl_server.errors import ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class _Worker:
+    """One adaptation process and the pipe to it: the caller's thread sends a call and reads its
+    answer itself (a ``ProcessPoolExecutor`` hands each call and each answer across two more
+    threads of this process, ~0.5 ms per Adapt when the cores are busy)."""
+
+    def __init__(self, torch_threads: int, warm_up: bool) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(
+            target=worker.serve,
+            args=(child, torch_threads, warm_up, os.getpid()),
+            name="metarl-adapt",
+            daemon=True,
+        )
+        self.process.start()
+        child.close()
+
+    def call(self, fn: Any, args: tuple[Any, ...], timeout: float | None) -> Any:
+        """``fn(*args)`` in the process; ``TimeoutError`` when no answer within ``timeout``
+        (the call goes on: read its answer with :meth:`answer` before the next call),
+        ``BrokenProcessPool`` when the process died."""
+        try:
+            self.conn.send((fn, args))
+            if not self.conn.poll(timeout):
+                raise TimeoutError
+        except (EOFError, OSError, BrokenPipeError):
+            raise BrokenProcessPool("the adaptation worker died") from None
+        return self.answer()
+
+    def answer(self) -> Any:
+        try:
+            ok, value = self.conn.recv()
+        except (EOFError, OSError):
+            raise BrokenProcessPool("the adaptation worker died") from None
+        if not ok:
+            raise value
+        return value
+
+    def stop(self, timeout: float) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.close()  # the worker reads EOF and exits
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
 
 
 class Adapter:
@@ -47,27 +98,27 @@ class Adapter:
         self._lock = threading.Lock()
         self._pending = 0
         self._closed = False
-        self._pool = self._new_pool()
-
-    def _new_pool(self) -> Executor:
-        if self.processes <= 0:
-            return ThreadPoolExecutor(
+        self._thread_pool: ThreadPoolExecutor | None = None
+        self._workers: list[_Worker] = []
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        if processes <= 0:
+            self._thread_pool = ThreadPoolExecutor(
                 1,
                 thread_name_prefix="metarl-adapt",
                 initializer=worker.init,
                 initargs=(self.torch_threads, self.warm_up),
             )
-        return ProcessPoolExecutor(
-            self.processes,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=worker.init,
-            initargs=(self.torch_threads, self.warm_up, os.getpid()),
-        )
 
     @property
     def pending(self) -> int:
         """Jobs queued or running."""
         return self._pending
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The adaptation processes' ids (none before the first job or ``start``)."""
+        with self._lock:
+            return [w.process.pid for w in self._workers if w.process.pid is not None]
 
     def start(self, timeout: float = 120.0) -> None:
         """Starts the workers and waits until they are warmed up."""
@@ -92,39 +143,80 @@ class Adapter:
         with self._lock:
             self._pending += 1
         try:
-            future = self._submit(fn, *args)
-            try:
-                return future.result(timeout)
-            except BrokenProcessPool:
-                self._replace_pool()
-                raise Unavailable(
-                    "the adaptation worker stopped unexpectedly (it was replaced); retry"
-                ) from None
+            if self._thread_pool is not None:
+                return self._thread_pool.submit(fn, *args).result(timeout)
+            return self._run_in_process(fn, args, timeout)
         finally:
             with self._lock:
                 self._pending -= 1
             if bounded:
                 self._slots.release()
 
-    def _submit(self, fn: Any, *args: Any) -> Future[Any]:
-        pool = self._pool
-        if self._closed:
-            raise Unavailable("the server is shutting down")
+    def _run_in_process(self, fn: Any, args: tuple[Any, ...], timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        w = self._take(deadline)
         try:
-            return pool.submit(fn, *args)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            result = w.call(fn, args, left)
+        except TimeoutError:
+            # the job goes on: the worker is idle again once its answer has been read
+            threading.Thread(target=self._drain, args=(w,), daemon=True).start()
+            raise
         except BrokenProcessPool:
-            self._replace_pool(pool)
-            return self._pool.submit(fn, *args)
+            self._replace(w)
+            raise Unavailable(
+                "the adaptation worker stopped unexpectedly (it was replaced); retry"
+            ) from None
+        except BaseException:
+            self._idle.put(w)  # (the job's own error: the worker is fine)
+            raise
+        self._idle.put(w)
+        return result
 
-    def _replace_pool(self, broken: Executor | None = None) -> None:
+    def _take(self, deadline: float | None) -> _Worker:
+        """An idle worker (starting the workers on first use), waiting for one up to
+        ``deadline``."""
         with self._lock:
-            if self._closed or (broken is not None and self._pool is not broken):
-                return
-            old, self._pool = self._pool, self._new_pool()
-        log.error("an adaptation worker died; started a new one")
-        old.shutdown(wait=False, cancel_futures=True)
+            if self._closed:
+                raise Unavailable("the server is shutting down")
+            while len(self._workers) < self.processes:
+                w = _Worker(self.torch_threads, self.warm_up)
+                self._workers.append(w)
+                self._idle.put(w)
+        try:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            return self._idle.get(timeout=left)
+        except queue.Empty:
+            raise TimeoutError from None
+
+    def _drain(self, w: _Worker) -> None:
+        try:
+            w.answer()
+        except BrokenProcessPool:
+            self._replace(w)
+            return
+        except BaseException:
+            pass
+        self._idle.put(w)
+
+    def _replace(self, dead: _Worker) -> None:
+        with self._lock:
+            if dead in self._workers:
+                self._workers.remove(dead)
+            closed = self._closed
+        dead.stop(0)
+        if not closed:
+            log.error("an adaptation worker died; starting a new one")
+            with self._lock:
+                w = _Worker(self.torch_threads, self.warm_up)
+                self._workers.append(w)
+            self._idle.put(w)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-        self._pool.shutdown(wait=True, cancel_futures=True)
+            workers, self._workers = self._workers, []
+        if self._thread_pool is not None:
+            self._thread_pool.shutdown(wait=True, cancel_futures=True)
+        for w in workers:
+            w.stop(10)

@@ -116,6 +116,28 @@ def init(torch_threads: int = 1, warm_up: bool = True, parent_pid: int | None = 
         warm_up_inner_loop()
 
 
+def serve(conn: Any, torch_threads: int, warm_up: bool, parent_pid: int) -> None:
+    """An adaptation process's main loop: ``(fn, args)`` calls in from ``conn``, ``(True,
+    result)`` or ``(False, exception)`` back, until the serving process closes the pipe."""
+    init(torch_threads, warm_up, parent_pid)
+    while True:
+        try:
+            fn, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply: tuple[bool, Any] = (True, fn(*args))
+        except Exception as exc:
+            reply = (False, exc)
+        try:
+            conn.send(reply)
+        except (OSError, ValueError):
+            return
+        except Exception:  # an exception that does not pickle: its text, then
+            error = reply[1]
+            conn.send((False, RuntimeError(f"{type(error).__name__}: {error}")))
+
+
 def _exit_with_parent(parent_pid: int) -> None:
     while True:
         time.sleep(1.0)
