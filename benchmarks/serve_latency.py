@@ -32,6 +32,7 @@ import asyncio
 import itertools
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -470,6 +471,7 @@ def main() -> None:
         echo_proc.terminate()
         server_proc.wait(30)
         echo_proc.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\nmetarl serve_latency — policy: {model_label}; {os.cpu_count()} CPUs\n")
     header = ("figure", "metarl", "baseline", "ratio", "target")
