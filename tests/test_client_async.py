@@ -250,6 +250,10 @@ def test_token_on_unary_and_stream_calls() -> None:
     finally:
         server.stop(None)
     sent = [(name, md.get("authorization")) for name, md, _ in servicer.calls]
+    # When grpc.aio hides the refused stream's status behind INTERNAL (grpc/grpc#36066; timing
+    # dependent), the SDK asks the server why with a GetSession, with the same credentials.
+    if sent[-1] == ("GetSession", "Bearer wrong"):
+        sent.pop()
     assert sent == [
         ("CreateSession", f"Bearer {TOKEN}"),
         ("ListPolicies", f"Bearer {TOKEN}"),
