@@ -408,9 +408,10 @@ _L = TypeVar("_L")
 
 
 def converted(linearization: _L, dtype: torch.dtype) -> _L:
-    """A copy of a linearization (:class:`InnerLoopJacobian`, :class:`PostUpdateObjective`) whose
-    floating-point tensors are converted to ``dtype``: its products then run at that precision
-    (inputs must be converted too), from quantities computed at the original one."""
+    """A copy of a linearization (:class:`InnerLoopJacobian`, :class:`PostUpdateObjective`), or of
+    a params dict, whose floating-point tensors are converted to ``dtype``: its products then run
+    at that precision (inputs must be converted too), from quantities computed at the original
+    one."""
 
     def convert(x: Any) -> Any:
         if isinstance(x, Tensor):

@@ -196,7 +196,7 @@ class _Shard:
 
     def kl_hvp(self, tangent: list[Params]) -> Tensor:
         if self.curvature_dtype is not None:
-            tangent = [_cast(t, self.curvature_dtype) for t in tangent]
+            tangent = [converted(t, self.curvature_dtype) for t in tangent]
         d_theta, *d_rates = tangent
         u = self.curvature_jacobian.jvp(d_theta, d_rates[0] if d_rates else None)
         product = self._pull_back(self.curvature_jacobian, self.curvature_post.fvp(u))
@@ -213,10 +213,6 @@ class _Shard:
         )
         surrogate, kl = self.post.evaluate({k: v.detach() for k, v in adapted.items()})
         return torch.stack([surrogate.double(), kl.double()])
-
-
-def _cast(params: Params, dtype: torch.dtype) -> Params:
-    return {k: v.detach().to(dtype) for k, v in params.items()}
 
 
 def curvature_dtype(name: str) -> torch.dtype | None:
