@@ -186,57 +186,56 @@ def adapt(
     with respect to ``params`` (and ``lr``) through every step: second-order MAML. Without it the
     inner gradients are treated as constants (first-order MAML, and serving).
     """
-    k = batch.advantages.shape[0]
-    current = policies.stack(spec, params, k)
-
-    def total_loss(p: Params) -> Tensor:
-        # Task i's loss depends only on p[i], so the gradient of the sum is every task's gradient.
-        return reinforce_loss(spec, p, batch).sum()
-
-    for _ in range(steps):
-        with torch.enable_grad():
-            grads = torch.func.grad(total_loss)(current)
-        if not create_graph:
-            grads = {name: g.detach() for name, g in grads.items()}
-        current = {
-            name: p - (lr[name] if isinstance(lr, dict) else lr) * grads[name]
-            for name, p in current.items()
-        }
-    return current
+    return _inner_steps(spec, params, batch, lr=lr, steps=steps, create_graph=create_graph)[0]
 
 
 def adapt_with_loss(
     spec: PolicySpec, params: Params, batch: LossBatch, *, lr: float | Params, steps: int
 ) -> tuple[Params, Tensor]:
     """:func:`adapt` without ``create_graph`` (as the server adapts), also returning each task's
-    inner loss at ``params``, shape ``[K]``, detached.
+    inner loss at ``params``, shape ``[K]``, detached: the same steps, so the same adapted
+    parameters bit for bit, with the loss taken from the first step's gradient evaluation
+    instead of a forward pass of its own."""
+    adapted, loss = _inner_steps(spec, params, batch, lr=lr, steps=steps, create_graph=False)
+    if loss is None:  # no steps
+        with torch.no_grad():
+            loss = reinforce_loss(spec, adapted, batch)
+    return adapted, loss
 
-    The same steps as :func:`adapt`, so the same adapted parameters bit for bit; the loss comes
-    from the first step's gradient evaluation (``torch.func.grad_and_value``) instead of a
-    forward pass of its own."""
+
+def _inner_steps(
+    spec: PolicySpec,
+    params: Params,
+    batch: LossBatch,
+    *,
+    lr: float | Params,
+    steps: int,
+    create_graph: bool,
+) -> tuple[Params, Tensor | None]:
+    """The inner loop itself: the adapted parameters and the per-task loss at ``params``
+    (None without steps). ``torch.func.grad`` is ``grad_and_value`` without the value, so the
+    gradients are the same computation either way."""
     k = batch.advantages.shape[0]
     current = policies.stack(spec, params, k)
 
     def total_loss(p: Params) -> tuple[Tensor, Tensor]:
+        # Task i's loss depends only on p[i], so the gradient of the sum is every task's gradient.
         per_task = reinforce_loss(spec, p, batch)
         return per_task.sum(), per_task.detach()
 
-    if steps <= 0:
-        with torch.no_grad():
-            return current, reinforce_loss(spec, current, batch)
-    loss: Tensor | None = None
+    first_loss: Tensor | None = None
     for _ in range(steps):
         with torch.enable_grad():
             grads, (_, per_task) = torch.func.grad_and_value(total_loss, has_aux=True)(current)
-        if loss is None:
-            loss = per_task
-        grads = {name: g.detach() for name, g in grads.items()}
+        if first_loss is None:
+            first_loss = per_task
+        if not create_graph:
+            grads = {name: g.detach() for name, g in grads.items()}
         current = {
             name: p - (lr[name] if isinstance(lr, dict) else lr) * grads[name]
             for name, p in current.items()
         }
-    assert loss is not None
-    return current, loss
+    return current, first_loss
 
 
 def adapt_on_episodes(
