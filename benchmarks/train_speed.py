@@ -184,14 +184,14 @@ class Naive:
             actions = post[i].actions
             logp = policies._gaussian_log_prob(actions, mean, log_std)
             old_logp = policies._gaussian_log_prob(actions, old_mean, old_log_std)
-            n = post[i].mask.sum()
+            n = post[i].weights.sum()
             ratio = torch.exp(logp - old_logp)
-            losses.append(-(ratio * post[i].advantages * post[i].mask).sum() / n)
+            losses.append(-(ratio * post[i].advantages * post[i].weights).sum() / n)
             var, old_var = torch.exp(2 * log_std), torch.exp(2 * old_log_std)
             kl = (log_std - old_log_std + (old_var + (old_mean - mean) ** 2) / (2 * var) - 0.5).sum(
                 -1
             )
-            kls.append((kl * post[i].mask).sum() / n)
+            kls.append((kl * post[i].weights).sum() / n)
         return torch.stack(losses).mean(), torch.stack(kls).mean(), olds
 
     def run(self, iterations: int) -> list[float]:

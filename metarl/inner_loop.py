@@ -12,7 +12,7 @@ the longest one and ``mask`` marks the real steps).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -41,16 +41,32 @@ class InnerLoopConfig:
     """Normalize each task's advantages to zero mean and unit variance."""
     baseline_reg: float = 1e-5
     """Ridge coefficient of the linear feature baseline fit."""
+    loss_weighting: Literal["step", "episode"] = "step"
+    """How a task's steps are averaged in every mean over its samples (the losses, the advantage
+    normalization, and in training the surrogate, KL and Fisher). ``step``: every real step weighs
+    the same (rllab's and the MAML authors' pooled mean). ``episode``: each episode's steps are
+    averaged first, then the episodes (pytorch-maml-rl's), so an episode that ends early at its
+    goal weighs as much as a full one. Checkpoints written before this setting existed use
+    ``step``."""
 
     def __post_init__(self) -> None:
-        if not (
-            self.lr > 0
-            and self.steps >= 0
-            and 0 <= self.discount <= 1
-            and 0 <= self.gae_lambda <= 1
-            and self.baseline_reg > 0
-        ):
-            raise ValueError(f"invalid inner-loop settings: {self}")
+        problems = [
+            msg
+            for ok, msg in (
+                (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+                (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
+                (0 <= self.discount <= 1, f"discount must be in [0, 1], got {self.discount}"),
+                (0 <= self.gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {self.gae_lambda}"),
+                (self.baseline_reg > 0, f"baseline_reg must be > 0, got {self.baseline_reg}"),
+                (
+                    self.loss_weighting in ("step", "episode"),
+                    f"loss_weighting must be 'step' or 'episode', got {self.loss_weighting!r}",
+                ),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError("invalid inner-loop settings: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,12 +86,17 @@ class EpisodeBatch(NamedTuple):
 
 
 class LossBatch(NamedTuple):
-    """An :class:`EpisodeBatch` flattened over episodes, with advantages attached."""
+    """An :class:`EpisodeBatch` flattened over episodes, with advantages and sample weights.
+
+    ``weights`` are each sample's weight in its task's means, ``sum_n w_n x_n / sum_n w_n``: zero
+    on padded steps, otherwise 1 (``loss_weighting="step"``) or one over the length of the
+    sample's episode (``"episode"``). Only ratios of weights within a task matter, so a subset of
+    a task's episodes (a curvature estimate) is still a proper mean."""
 
     observations: Tensor  # [K, E*H, obs_dim]
     actions: Tensor  # [K, E*H, ...]
     advantages: Tensor  # [K, E*H]
-    mask: Tensor  # [K, E*H]
+    weights: Tensor  # [K, E*H]
 
 
 def discounted_cumsum(x: Tensor, mask: Tensor, gamma: float) -> Tensor:
@@ -125,6 +146,13 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     return discounted_cumsum(deltas, mask, gamma * lam)
 
 
+def sample_weights(mask: Tensor, loss_weighting: str) -> Tensor:
+    """Each step's weight in its task's means (see :class:`LossBatch`), ``[K, E, H]``."""
+    if loss_weighting == "step":
+        return mask
+    return mask / mask.sum(-1, keepdim=True).clamp(min=1)
+
+
 def compute_advantages(batch: EpisodeBatch, config: InnerLoopConfig) -> Tensor:
     """GAE(gamma, lambda) advantages ``[K, E, H]`` against a linear feature baseline fitted to each
     task's discounted returns. Episodes are treated as ending after their last step (the baseline's
@@ -142,32 +170,36 @@ def compute_advantages(batch: EpisodeBatch, config: InnerLoopConfig) -> Tensor:
         values = (feats @ coef.view(k, 1, -1, 1)).squeeze(-1) * mask
         adv = gae(rewards, values, mask, config.discount, config.gae_lambda)
         if config.normalize_advantages:
-            n = mask.sum(dim=(1, 2), keepdim=True).clamp(min=1)
-            mean = adv.sum(dim=(1, 2), keepdim=True) / n
-            var = (((adv - mean) * mask) ** 2).sum(dim=(1, 2), keepdim=True) / n
+            # Mean and (biased) variance under the same weights as the losses' means.
+            w = sample_weights(mask, config.loss_weighting)
+            w = w / w.sum(dim=(1, 2), keepdim=True).clamp(min=1e-12)
+            mean = (w * adv).sum(dim=(1, 2), keepdim=True)
+            var = (w * (adv - mean) ** 2).sum(dim=(1, 2), keepdim=True)
             adv = (adv - mean) / (var.sqrt() + 1e-8) * mask
         return adv.to(batch.observations.dtype)
 
 
 def prepare(batch: EpisodeBatch, config: InnerLoopConfig) -> LossBatch:
-    """Attaches advantages and flattens episodes: the input of :func:`reinforce_loss`."""
+    """Attaches advantages and sample weights and flattens episodes: the input of
+    :func:`reinforce_loss`."""
     k, e, h = batch.mask.shape
     adv = compute_advantages(batch, config)
     return LossBatch(
         observations=batch.observations.reshape(k, e * h, -1),
         actions=batch.actions.reshape(k, e * h, *batch.actions.shape[3:]),
         advantages=adv.reshape(k, e * h),
-        mask=batch.mask.reshape(k, e * h),
+        weights=sample_weights(batch.mask, config.loss_weighting).reshape(k, e * h),
     )
 
 
 def reinforce_loss(spec: PolicySpec, params: Params, batch: LossBatch) -> Tensor:
-    """Per-task REINFORCE loss ``-mean_t log pi(a_t|s_t) A_t`` over real steps, shape ``[K]``.
+    """Per-task REINFORCE loss ``-mean_t log pi(a_t|s_t) A_t``, the mean weighted by
+    ``batch.weights`` (see :class:`LossBatch`), shape ``[K]``.
 
     ``params`` must be stacked ``K`` deep (see :func:`metarl.policies.stack`)."""
     logp = policies.log_prob(spec, params, batch.observations, batch.actions)
-    n = batch.mask.sum(-1).clamp(min=1)
-    return -(logp * batch.advantages * batch.mask).sum(-1) / n
+    n = batch.weights.sum(-1).clamp(min=1e-12)
+    return -(logp * batch.advantages * batch.weights).sum(-1) / n
 
 
 def adapt(

@@ -50,6 +50,7 @@ METRICS = [
     "kl",
     "line_search_steps",
     "inner_lr_mean",
+    "policy_std",
     "seconds",
 ]
 
@@ -97,6 +98,12 @@ class TrainConfig:
     """Normalize each task's advantages."""
     baseline_reg: float = 1e-5
     """Ridge coefficient of the linear feature baseline."""
+    loss_weighting: Literal["step", "episode"] = "episode"
+    """How each task's samples are averaged in the inner and outer losses, the advantage
+    normalization, the KL and its curvature. ``episode``: the mean of per-episode means
+    (pytorch-maml-rl's; an episode that ends early at its goal weighs as much as a full one);
+    ``step``: every real step weighs the same (rllab's pooled mean). Saved with the inner loop
+    in the checkpoint, so the server adapts the same way."""
     outer_lr: float = 1e-2
     """Adam learning rate of the outer loop."""
     max_kl: float = 0.01
@@ -204,6 +211,7 @@ def _train(
         gae_lambda=cfg.gae_lambda,
         normalize_advantages=cfg.normalize_advantages,
         baseline_reg=cfg.baseline_reg,
+        loss_weighting=cfg.loss_weighting,
     )
     trpo_cfg = trpo.TRPOConfig(
         cfg.max_kl, cfg.cg_iters, cfg.cg_damping, cfg.ls_max_steps, cfg.ls_backtrack
@@ -333,6 +341,11 @@ def _train(
             "inner_lr_mean": torch.cat([r.detach().view(-1) for r in rates.values()]).mean().item()
             if rates is not None
             else cfg.inner_lr,
+            # The mean exploration std of theta (gaussian policies): where it collapses, MAML's
+            # pre-update episodes stop carrying information about the task.
+            "policy_std": theta["log_std"].detach().exp().mean().item()
+            if "log_std" in theta
+            else float("nan"),
             "seconds": time.perf_counter() - start,
         }
         ckpt.training.update(

@@ -12,26 +12,30 @@ from metarl.policies import PolicySpec
 F64 = torch.float64
 
 
-def batch(spec: PolicySpec, k: int, n: int, seed: int) -> LossBatch:
+def batch(spec: PolicySpec, k: int, n: int, seed: int, unequal: bool = True) -> LossBatch:
     gen = torch.Generator().manual_seed(seed)
     obs = torch.randn(k, n, spec.obs_dim, generator=gen, dtype=F64)
     if spec.distribution == "gaussian":
         actions = torch.randn(k, n, spec.action_dim, generator=gen, dtype=F64)
     else:
         actions = torch.randint(0, spec.action_dim, (k, n), generator=gen)
-    mask = torch.ones(k, n, dtype=F64)
-    mask[0, n - 2 :] = 0.0  # a shorter episode: padded steps must not count
-    return LossBatch(obs, actions, torch.randn(k, n, generator=gen, dtype=F64), mask)
+    weights = torch.ones(k, n, dtype=F64)
+    weights[0, n - 2 :] = 0.0  # a shorter episode: padded steps must not count
+    if unequal:
+        weights[0, :3] = 0.5  # unequal weights, as loss_weighting="episode" gives
+    return LossBatch(obs, actions, torch.randn(k, n, generator=gen, dtype=F64), weights)
 
 
-def problem(distribution: str, activation: str = "tanh", k: int = 3, n: int = 9):
+def problem(  # type: ignore[no-untyped-def]
+    distribution: str, activation: str = "tanh", k: int = 3, n: int = 9, unequal: bool = True
+):
     spec = PolicySpec(3, 2, distribution, (5, 4), activation)  # type: ignore[arg-type]
     gen = torch.Generator().manual_seed(7)
     theta = {
         name: p + 0.3 * torch.randn(p.shape, generator=gen, dtype=F64)
         for name, p in policies.init_params(spec, gen, dtype=F64).items()
     }
-    return spec, theta, batch(spec, k, n, 1), batch(spec, k, n, 2)
+    return spec, theta, batch(spec, k, n, 1, unequal), batch(spec, k, n, 2, unequal)
 
 
 def meta_objective(spec, theta, rates, pre, post, steps, lr=0.1, first_order=False, **kw):  # type: ignore[no-untyped-def]
@@ -40,7 +44,7 @@ def meta_objective(spec, theta, rates, pre, post, steps, lr=0.1, first_order=Fal
     adapted = inner_loop.adapt(spec, theta, pre, lr=rates if rates else lr, steps=steps)
     return maml.MetaObjective(
         spec, theta, rates, pre, adapted, post, config,
-        num_tasks=pre.mask.shape[0], first_order=first_order, ctx=distributed.Context(), **kw,
+        num_tasks=pre.weights.shape[0], first_order=first_order, ctx=distributed.Context(), **kw,
     )  # fmt: skip
 
 
@@ -50,6 +54,6 @@ def post_objective(spec, post, old_logp, theta, rates, pre, steps, lr=0.1):  # t
         spec, theta, pre, lr=rates if rates else lr, steps=steps, create_graph=True
     )
     logp = policies.log_prob(spec, adapted, post.observations, post.actions)
-    n = post.mask.sum(-1).clamp(min=1)
-    per_task = (torch.exp(logp - old_logp) * post.advantages * post.mask).sum(-1) / n
+    n = post.weights.sum(-1).clamp(min=1)
+    per_task = (torch.exp(logp - old_logp) * post.advantages * post.weights).sum(-1) / n
     return per_task.mean()

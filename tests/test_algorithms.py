@@ -119,8 +119,8 @@ def test_kl_hessian_vector_product_through_the_inner_loop(
     else:
         lp_old, lp_new = torch.log_softmax(out_old, -1), torch.log_softmax(out_new, -1)
         kl = lp_old.exp() * (lp_old - lp_new)
-    n = post.mask.sum(-1).clamp(min=1)
-    mean_kl = ((kl.sum(-1) * post.mask).sum(-1) / n).mean()
+    n = post.weights.sum(-1).clamp(min=1)
+    mean_kl = ((kl.sum(-1) * post.weights).sum(-1) / n).mean()
     (g,) = [
         flatten(
             dict(enumerate(torch.autograd.grad(mean_kl, list(leaves.values()), create_graph=True)))
@@ -138,9 +138,9 @@ def test_kl_hessian_vector_product_through_the_inner_loop(
 def lvc_adapt(spec: PolicySpec, theta: Params, pre, lr: float, steps: int) -> Params:  # type: ignore[no-untyped-def]
     """The inner loop by autograd on ProMP's LVC surrogate sum_n w_n * -pi_n / stop_grad(pi_n)
     (create_graph): the reference for --inner-estimator lvc."""
-    n = pre.mask.sum(-1, keepdim=True).clamp(min=1)
-    w = pre.advantages * pre.mask / n
-    current = policies.stack(spec, theta, pre.mask.shape[0])
+    n = pre.weights.sum(-1, keepdim=True).clamp(min=1)
+    w = pre.advantages * pre.weights / n
+    current = policies.stack(spec, theta, pre.weights.shape[0])
     for _ in range(steps):
         logp = policies.log_prob(spec, current, pre.observations, pre.actions)
         loss = -(w * torch.exp(logp - logp.detach())).sum()
@@ -168,8 +168,8 @@ def test_lvc_meta_gradient_matches_autograd_of_the_lvc_surrogate(
         torch.testing.assert_close(adapted[name].detach(), reference[name])
 
     logp = policies.log_prob(spec, adapted, post.observations, post.actions)
-    n = post.mask.sum(-1).clamp(min=1)
-    surrogate = ((torch.exp(logp - old_logp) * post.advantages * post.mask).sum(-1) / n).mean()
+    n = post.weights.sum(-1).clamp(min=1)
+    surrogate = ((torch.exp(logp - old_logp) * post.advantages * post.weights).sum(-1) / n).mean()
     grads = torch.autograd.grad(surrogate, list(leaves.values()), create_graph=True)
     g = flatten(dict(enumerate(grads)))  # type: ignore[arg-type]
     torch.testing.assert_close(lvc.grad(), g.detach(), rtol=1e-8, atol=1e-12)
@@ -201,7 +201,7 @@ def test_lvc_is_refused_where_it_cannot_work(
 def test_bfloat16_curvature_is_close_to_float32() -> None:
     """--curvature-dtype bfloat16: the KL curvature products and the conjugate-gradient
     direction they give stay close to float32's (the gradient is float32 either way)."""
-    spec, theta, pre, post = problem("gaussian", k=4, n=200)
+    spec, theta, pre, post = problem("gaussian", k=4, n=200, unequal=False)
     f32 = {k: v.float() for k, v in theta.items()}
 
     def cast(b):  # type: ignore[no-untyped-def]

@@ -209,13 +209,21 @@ def test_navigation_terminates_at_goal() -> None:
     assert term and not trunc and reward == pytest.approx(0.0, abs=1e-6)
 
 
-def test_navigation_goal_radius_and_time_limit() -> None:
-    near = BatchedNavigation2D(2)
-    near.set_tasks([{"goal_x": 0.0099, "goal_y": 0.0}, {"goal_x": 0.0, "goal_y": -0.0101}])
+def test_navigation_goal_box_and_time_limit() -> None:
+    # The goal test is the box |dx|, |dy| < 0.01 (the MAML authors' and pytorch-maml-rl's), not a
+    # disc: (0.009, 0.009) is 0.0127 away, outside a disc of radius 0.01, yet at the goal.
+    near = BatchedNavigation2D(3)
+    near.set_tasks(
+        [
+            {"goal_x": 0.0099, "goal_y": 0.0},
+            {"goal_x": 0.0, "goal_y": -0.0101},
+            {"goal_x": 0.009, "goal_y": 0.009},
+        ]
+    )
     near.reset(np.random.default_rng(0))
-    _, rewards, term = near.step(np.zeros((2, 2)))
-    assert term.tolist() == [True, False]
-    np.testing.assert_allclose(rewards, [-0.0099, -0.0101], rtol=1e-6)
+    _, rewards, term = near.step(np.zeros((3, 2)))
+    assert term.tolist() == [True, False, True]
+    np.testing.assert_allclose(rewards, [-0.0099, -0.0101, -math.hypot(0.009, 0.009)], rtol=1e-6)
 
     env = gym.make("metarl/Navigation2D-v0", task={"goal_x": 0.5, "goal_y": 0.5})
     env.reset(seed=0)

@@ -71,7 +71,7 @@ def test_one_inner_step_by_hand() -> None:
         observations=torch.tensor([[[1.0], [2.0]]]),
         actions=torch.tensor([[0, 1]]),
         advantages=torch.tensor([[1.0, -1.0]]),
-        mask=torch.ones(1, 2),
+        weights=torch.ones(1, 2),
     )
     adapted = inner_loop.adapt(spec, theta, batch, lr=0.1, steps=1)
     torch.testing.assert_close(adapted["layers.0.weight"][0], torch.tensor([[0.075], [-0.075]]))
@@ -172,3 +172,54 @@ def test_meta_gradient_is_second_order() -> None:
             assert second[idx].view(-1)[flat].item() == pytest.approx(fd, rel=1e-5, abs=1e-8)
     gap = max((s - f).abs().max().item() for s, f in zip(second, first, strict=True))
     assert gap > 1e-4, "first- and second-order meta-gradients should differ"
+
+
+def test_episode_weighting_by_hand() -> None:
+    """loss_weighting="episode": each episode's steps are averaged, then the episodes (an episode
+    that ends early weighs as much as a full one); "step" pools every real step."""
+    mask = torch.tensor([[[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]])  # episodes of 1 and 3 steps
+    step = inner_loop.sample_weights(mask, "step")
+    episode = inner_loop.sample_weights(mask, "episode")
+    torch.testing.assert_close(step, mask)
+    torch.testing.assert_close(episode, torch.tensor([[[1.0, 0, 0], [1 / 3, 1 / 3, 1 / 3]]]))
+
+    # theta = 0: log pi = log 1/2 for every action, so the loss is log(2) * weighted mean of A.
+    spec = policies.PolicySpec(obs_dim=1, action_dim=2, hidden_sizes=())
+    theta = policies.stack(
+        spec, {"layers.0.weight": torch.zeros(2, 1), "layers.0.bias": torch.zeros(2)}, 1
+    )
+    adv = torch.tensor([[4.0, 0.0, 0.0, 1.0, 2.0, 3.0]])
+    obs, acts = torch.ones(1, 6, 1), torch.zeros(1, 6, dtype=torch.long)
+    pooled = inner_loop.reinforce_loss(spec, theta, LossBatch(obs, acts, adv, step.reshape(1, 6)))
+    per_episode = inner_loop.reinforce_loss(
+        spec, theta, LossBatch(obs, acts, adv, episode.reshape(1, 6))
+    )
+    log2 = torch.log(torch.tensor(2.0))
+    # pooled: the mean over 4 steps, 2.5; per episode: (4 + 6 / 3) / 2 = 3
+    torch.testing.assert_close(pooled, (log2 * (4 + 1 + 2 + 3) / 4).view(1))
+    torch.testing.assert_close(per_episode, (log2 * (4 + (1 + 2 + 3) / 3) / 2).view(1))
+
+
+def test_advantages_normalized_under_the_losses_weights() -> None:
+    """Normalized advantages have mean 0 and (biased) variance 1 under the same weights as the
+    losses: pooled steps, or the mean of per-episode means (pytorch-maml-rl's)."""
+    gen = torch.Generator().manual_seed(0)
+    k, e, h = 2, 3, 10
+    mask = torch.ones(k, e, h)
+    mask[0, 1, 4:] = 0  # an episode that ended early
+    mask[1, 2, 1:] = 0
+    batch = EpisodeBatch(
+        torch.randn(k, e, h, 2, generator=gen) * mask.unsqueeze(-1),
+        torch.randn(k, e, h, 2, generator=gen),
+        torch.randn(k, e, h, generator=gen) * mask,
+        mask,
+    )
+    for weighting in ("step", "episode"):
+        adv = inner_loop.compute_advantages(batch, InnerLoopConfig(loss_weighting=weighting))
+        w = inner_loop.sample_weights(mask, weighting)
+        w = w / w.sum(dim=(1, 2), keepdim=True)
+        torch.testing.assert_close((w * adv).sum(dim=(1, 2)), torch.zeros(k), atol=1e-6, rtol=0)
+        torch.testing.assert_close((w * adv**2).sum(dim=(1, 2)), torch.ones(k), atol=1e-5, rtol=0)
+        assert not adv[mask == 0].any()
+    with pytest.raises(ValueError, match="loss_weighting must be 'step' or 'episode'"):
+        InnerLoopConfig(loss_weighting="trajectory")  # type: ignore[arg-type]

@@ -225,8 +225,8 @@ class _InnerStep:
 
     def __init__(self, spec: PolicySpec, params: Params, batch: LossBatch, lvc: bool) -> None:
         self.lvc = lvc
-        n = batch.mask.sum(-1, keepdim=True).clamp(min=1)
-        self.w = w = batch.advantages * batch.mask / n  # reinforce_loss = sum_n w_n * -log pi_n
+        n = batch.weights.sum(-1, keepdim=True).clamp(min=1e-12)
+        self.w = w = batch.advantages * batch.weights / n  # reinforce_loss = sum_n w_n * -log pi_n
         self.tape = MLPTape(spec, params, batch.observations)
         self.head = _Head(spec, self.tape, batch.actions)
         g_out, g_log_std = self.head.grad(w)
@@ -349,8 +349,8 @@ class PostUpdateObjective:
     ) -> None:
         self.spec = spec
         self.batch = batch
-        n = batch.mask.sum(-1, keepdim=True).clamp(min=1)
-        self.w = batch.mask / (n * num_tasks)  # per-sample weight of the double mean
+        n = batch.weights.sum(-1, keepdim=True).clamp(min=1e-12)
+        self.w = batch.weights / (n * num_tasks)  # per-sample weight of the double mean
         self.tape = MLPTape(spec, {k: v.detach() for k, v in adapted.items()}, batch.observations)
         self.head = _Head(spec, self.tape, batch.actions)
         self.old_logp = _log_prob(spec, self.tape.params, self.tape.out, batch.actions)

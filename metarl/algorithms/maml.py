@@ -63,7 +63,7 @@ class MetaObjective:
         self.ctx, self.workers = ctx, workers
         self.groups = [theta, *([rates] if rates is not None else [])]
         self.x = flatten(*self.groups)
-        bounds = shard_bounds(pre.mask.shape[0], shards)
+        bounds = shard_bounds(pre.weights.shape[0], shards)
 
         def shard(part: slice) -> _Shard:
             def cut(b: LossBatch) -> LossBatch:
@@ -134,7 +134,7 @@ def adapt_in_shards(
     """:func:`metarl.inner_loop.adapt` over the tasks of ``batch`` (stacked results), with the
     tasks split among ``workers`` threads: each task's theta' is computed alone, so the split
     changes nothing but the wall time."""
-    bounds = shard_bounds(batch.mask.shape[0], shards)
+    bounds = shard_bounds(batch.weights.shape[0], shards)
     if workers is None or len(bounds) < 2:
         return inner_loop.adapt(spec, theta, batch, lr=lr, steps=steps)
 

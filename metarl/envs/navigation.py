@@ -3,8 +3,9 @@
 A point starts at the origin and must reach a goal drawn uniformly from [-0.5, 0.5]^2. The
 observation is its position, the action a velocity that is clipped to [-0.1, 0.1] per axis and
 added to the position, the reward the negative L2 distance to the goal after the move. Episodes
-last 100 steps and end early (terminated) once the point is within 0.01 of the goal. The goal is
-not observed: a policy learns where it is from the rewards of a few episodes.
+last 100 steps and end early (terminated) once the point is within 0.01 of the goal on both axes
+(the box ``|dx|, |dy| < 0.01`` of the MAML authors' point env and of pytorch-maml-rl, not a disc).
+The goal is not observed: a policy learns where it is from the rewards of a few episodes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from metarl.envs.base import BatchedTaskEnv, Task, TaskFamilyEnv
 
 GOAL_LOW, GOAL_HIGH = -0.5, 0.5
 MAX_SPEED = 0.1
-GOAL_RADIUS = 0.01
+GOAL_TOLERANCE = 0.01  # per axis
 TASK_KEYS = ("goal_x", "goal_y")
 
 
@@ -63,8 +64,10 @@ class BatchedNavigation2D(BatchedTaskEnv):
             np.asarray(actions, dtype=np.float64).reshape(self.num_envs, 2), -MAX_SPEED, MAX_SPEED
         )
         self._pos = self._pos + velocity
-        distance = np.linalg.norm(self._pos - self._goals, axis=1)
-        return self._pos.astype(np.float32), (-distance).astype(np.float32), distance < GOAL_RADIUS
+        offset = self._pos - self._goals
+        distance = np.linalg.norm(offset, axis=1)
+        reached = np.all(np.abs(offset) < GOAL_TOLERANCE, axis=1)
+        return self._pos.astype(np.float32), (-distance).astype(np.float32), reached
 
 
 class Navigation2DEnv(TaskFamilyEnv):

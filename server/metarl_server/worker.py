@@ -228,7 +228,7 @@ def adapt(job: AdaptJob) -> AdaptResult:
         params=flat.numpy(),
         loss_before=float(loss_before.item()),
         loss_after=float(loss_after.item()),
-        transitions=int(batch.mask.sum().item()),
+        transitions=int((batch.weights > 0).sum().item()),
         compute_seconds=time.perf_counter() - start,
     )
 
