@@ -11,7 +11,6 @@ refused with one log line and retried only when its files change; serving goes o
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from metarl_client.versions import version_key
 from metarl_server.errors import InvalidArgument, NotFound
 from metarl_server.numpy_policy import Arch, NumpyPolicy, ParamSet
 from metarl_server.worker import LoadedCheckpoint
@@ -122,13 +122,6 @@ def _spaces(ckpt: LoadedCheckpoint, arch: Arch) -> tuple[gym.spaces.Box, gym.spa
         return obs_space, gym.spaces.Box(-np.inf, np.inf, (arch.action_dim,), np.float32)
     assert isinstance(obs_space, gym.spaces.Box)
     return obs_space, act_space
-
-
-def version_key(version: str) -> tuple[Any, ...]:
-    """Sorts ``2`` before ``10`` and ``v1.9`` before ``v1.10``."""
-    return tuple(
-        (0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", version) if p
-    )
 
 
 def _fingerprint(path: Path) -> tuple[int, ...] | None:
