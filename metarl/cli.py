@@ -15,6 +15,16 @@ def main(argv: list[str] | None = None) -> None:
 
         serve(tyro.cli(ServeConfig, args=args[1:], prog="metarl serve"))
         return
+    if args[:1] == ["train"]:
+        # The family's preset, then --config, then the flags (metarl.config); one line, exit 2,
+        # for a refused value.
+        from metarl.config import parse_train_args
+        from metarl.train import train
+
+        train_cfg = parse_train_args(args[1:], prog="metarl train")
+        ckpt = train(train_cfg)
+        print(f"wrote checkpoint {train_cfg.out} (policy {ckpt.name} version {ckpt.version})")
+        return
 
     from metarl.demo import DemoConfig
     from metarl.eval import EvalConfig

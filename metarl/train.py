@@ -23,7 +23,6 @@ import csv
 import importlib.util
 import math
 import os
-import re
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from metarl import envs, inner_loop, policies
+from metarl import config, envs, inner_loop, policies
 from metarl.algorithms import distributed, maml, metasgd, trpo
 from metarl.checkpoint import Checkpoint, save_checkpoint
 from metarl.inner_loop import InnerLoopConfig
@@ -68,7 +67,9 @@ class TrainConfig:
     seed: int = 0
     """Seeds tasks, episodes and initialization: the same seed gives the same run."""
     name: str = ""
-    """Policy name in the manifest; empty for one derived from the env id."""
+    """Policy name in the manifest; empty for the task family's (cartpole-family,
+    navigation-2d, pendulum-family, half-cheetah-vel; a family of your own: its id in lower-case
+    words, acme/MyRobot2D-v3 -> my-robot-2d)."""
     version: str = ""
     """Version label in the manifest; empty for a UTC timestamp."""
     algo: Literal["maml", "fomaml", "metasgd"] = "maml"
@@ -148,9 +149,11 @@ class TrainConfig:
 
 
 def default_name(env_id: str) -> str:
-    """``CartPoleFamily`` -> ``cart-pole-family``; ``Navigation2D`` -> ``navigation2d``."""
-    base = env_id.split("/")[-1].split("-v")[0]
-    return re.sub(r"(?<=[a-z])(?=[A-Z])", "-", base).lower()
+    """The policy name when ``--name`` is not given: the one the task family declares
+    (``metarl/CartPoleFamily-v0`` -> ``cartpole-family``, ``metarl/Navigation2D-v0`` ->
+    ``navigation-2d``, the bundled policies' names), else :func:`metarl.envs.derived_policy_name`
+    (``acme/MyRobot2D-v3`` -> ``my-robot-2d``)."""
+    return envs.policy_name(env_id)
 
 
 def task_rngs(seed: int, iteration: int, phase: int, share: slice) -> list[np.random.Generator]:
@@ -257,6 +260,8 @@ def _train(
             ),
             "processes": ctx.world_size,
             **cfg.extra,
+            # The whole configuration: `metarl train --config <checkpoint>` repeats the run.
+            "config": config.to_dict(cfg),
         },
     )
     log = _MetricsLog(cfg) if ctx.is_main else None
@@ -411,9 +416,9 @@ def _fmt(v: Any) -> str:
 
 
 def main() -> None:
-    import tyro
+    import sys
 
-    cfg = tyro.cli(TrainConfig)
+    cfg = config.parse_train_args(sys.argv[1:], prog="python -m metarl.train")
     ckpt = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote checkpoint {cfg.out} (policy {ckpt.name} version {ckpt.version})")
