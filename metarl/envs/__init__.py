@@ -6,6 +6,7 @@ See :mod:`metarl.envs.base` for the task API and how to add a family of your own
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import gymnasium as gym
 
@@ -16,15 +17,24 @@ from metarl.envs.navigation import BatchedNavigation2D, Navigation2DEnv
 from metarl.envs.pendulum_family import BatchedPendulumFamily, PendulumFamilyEnv
 
 _FAMILIES: dict[str, type[TaskFamilyEnv]] = {}
+_POLICY_NAMES: dict[str, str] = {}
 
 
-def register_family(env_id: str, env_cls: type[TaskFamilyEnv]) -> None:
+def register_family(
+    env_id: str, env_cls: type[TaskFamilyEnv], *, policy_name: str | None = None
+) -> None:
     """Registers a task family with gymnasium and with the trainer and server.
+
+    ``policy_name`` is the name ``metarl train`` gives the policies it meta-trains on this
+    family when ``--name`` is not given (the bundled ones use the same: ``cartpole-family``,
+    ``navigation-2d``); without it, :func:`derived_policy_name` of ``env_id``.
 
     Families whose batched env implements ``reset_envs`` also get a ``vector_entry_point``, so
     ``gymnasium.make_vec(env_id, num_envs=N)`` steps all N envs in one batched call.
     """
     _FAMILIES[env_id] = env_cls
+    if policy_name is not None:
+        _POLICY_NAMES[env_id] = policy_name
     if env_id not in gym.registry:
         batched_cls = env_cls.batched_cls
         gym.register(
@@ -51,13 +61,29 @@ def registered_families() -> list[str]:
     return sorted(_FAMILIES)
 
 
-register_family("metarl/CartPoleFamily-v0", CartPoleFamilyEnv)
-register_family("metarl/Navigation2D-v0", Navigation2DEnv)
-register_family("metarl/PendulumFamily-v0", PendulumFamilyEnv)
+def policy_name(env_id: str) -> str:
+    """The default name of a policy meta-trained on ``env_id``: the one its family declared
+    with :func:`register_family`, else :func:`derived_policy_name`."""
+    return _POLICY_NAMES.get(env_id) or derived_policy_name(env_id)
+
+
+def derived_policy_name(env_id: str) -> str:
+    """The fallback rule: the id without namespace and ``-vN``, in lower-case words joined by
+    ``-``, a word starting at each capital after a lower-case letter, at each digit after a
+    letter, and at the last capital of an acronym: ``acme/MyRobot2D-v3`` -> ``my-robot-2d``,
+    ``acme/RLArm-v0`` -> ``rl-arm``, ``metarl/Navigation2D-v0`` -> ``navigation-2d``."""
+    base = re.sub(r"-v\d+$", "", env_id.split("/")[-1])
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Za-z])(?=\d)|(?<=[A-Z])(?=[A-Z][a-z])", "-", base)
+    return re.sub(r"[^a-z0-9]+", "-", words.lower()).strip("-")
+
+
+register_family("metarl/CartPoleFamily-v0", CartPoleFamilyEnv, policy_name="cartpole-family")
+register_family("metarl/Navigation2D-v0", Navigation2DEnv, policy_name="navigation-2d")
+register_family("metarl/PendulumFamily-v0", PendulumFamilyEnv, policy_name="pendulum-family")
 if importlib.util.find_spec("mujoco") is not None:  # the optional extra metarl[mujoco]
     from metarl.envs.half_cheetah_vel import HalfCheetahVelEnv
 
-    register_family("metarl/HalfCheetahVel-v0", HalfCheetahVelEnv)
+    register_family("metarl/HalfCheetahVel-v0", HalfCheetahVelEnv, policy_name="half-cheetah-vel")
 
 __all__ = [
     "BatchedCartPoleFamily",
@@ -70,7 +96,9 @@ __all__ = [
     "Task",
     "TaskFamilyEnv",
     "TaskFamilyVectorEnv",
+    "derived_policy_name",
     "family",
+    "policy_name",
     "register_family",
     "registered_families",
 ]
