@@ -30,7 +30,8 @@ import torch
 import tyro
 
 from metarl import envs, inner_loop, policies
-from metarl.checkpoint import Checkpoint, bundled_checkpoints_dir, load_checkpoint
+from metarl.checkpoint import Checkpoint, load_checkpoint
+from metarl.checkpoint_paths import resolve_checkpoint as _resolve
 from metarl.envs.base import BatchedTaskEnv, Task
 from metarl.inner_loop import InnerLoopConfig
 from metarl.policies import Params, PolicySpec
@@ -100,16 +101,9 @@ def _log(cfg: EvalConfig, msg: str) -> None:
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    """``path`` itself if it exists, else the bundled checkpoint of that ``name/version``."""
-    if path.exists():
-        return path
-    bundled = bundled_checkpoints_dir() / path
-    if bundled.exists():
-        return bundled
-    raise FileNotFoundError(
-        f"no checkpoint at {path} (nor a bundled one of that name/version under "
-        f"{bundled_checkpoints_dir()}); pass a directory written by `metarl train`"
-    )
+    """``path`` itself if it exists, else the bundled checkpoint of that ``name/version``
+    (:func:`metarl.checkpoint_paths.resolve_checkpoint`, which ``serve`` uses too)."""
+    return _resolve(path, flag="")
 
 
 def adaptation_curve(
