@@ -16,6 +16,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -75,6 +76,16 @@ class _Worker:
             self.process.join(5)
 
 
+class Cancelled(Exception):
+    """The caller of a job went away before the job started: it was not run."""
+
+
+def _unless_gone(is_active: Callable[[], bool] | None, fn: Any, *args: Any) -> Any:
+    if is_active is not None and not is_active():
+        raise Cancelled("the call ended while its adaptation waited for a worker")
+    return fn(*args)
+
+
 class Adapter:
     """A pool of adaptation workers.
 
@@ -128,13 +139,27 @@ class Adapter:
         """Loads and verifies a checkpoint in a worker; raises ``CheckpointError``."""
         return self._run(worker.load, str(path), timeout=300.0, bounded=False)
 
-    def adapt(self, job: worker.AdaptJob, timeout: float | None) -> worker.AdaptResult:
+    def adapt(
+        self,
+        job: worker.AdaptJob,
+        timeout: float | None,
+        is_active: Callable[[], bool] | None = None,
+    ) -> worker.AdaptResult:
         """Runs ``job``; raises ``ResourceExhausted`` when ``max_pending`` jobs are already
         queued, ``AdaptationError`` when the data makes the inner loop fail, ``TimeoutError``
-        when ``timeout`` passes first."""
-        return self._run(worker.adapt, job, timeout=timeout, bounded=True)
+        when ``timeout`` passes first, ``Cancelled`` when ``is_active()`` (the caller is still
+        there) is false once the job's turn comes: nobody would read its answer, so it is
+        not computed."""
+        return self._run(worker.adapt, job, timeout=timeout, bounded=True, is_active=is_active)
 
-    def _run(self, fn: Any, *args: Any, timeout: float | None, bounded: bool) -> Any:
+    def _run(
+        self,
+        fn: Any,
+        *args: Any,
+        timeout: float | None,
+        bounded: bool,
+        is_active: Callable[[], bool] | None = None,
+    ) -> Any:
         if bounded and not self._slots.acquire(blocking=False):
             raise ResourceExhausted(
                 f"the server is already running its maximum of {self.max_pending} adaptations; "
@@ -144,17 +169,26 @@ class Adapter:
             self._pending += 1
         try:
             if self._thread_pool is not None:
-                return self._thread_pool.submit(fn, *args).result(timeout)
-            return self._run_in_process(fn, args, timeout)
+                return self._thread_pool.submit(_unless_gone, is_active, fn, *args).result(timeout)
+            return self._run_in_process(fn, args, timeout, is_active)
         finally:
             with self._lock:
                 self._pending -= 1
             if bounded:
                 self._slots.release()
 
-    def _run_in_process(self, fn: Any, args: tuple[Any, ...], timeout: float | None) -> Any:
+    def _run_in_process(
+        self,
+        fn: Any,
+        args: tuple[Any, ...],
+        timeout: float | None,
+        is_active: Callable[[], bool] | None,
+    ) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         w = self._take(deadline)
+        if is_active is not None and not is_active():
+            self._idle.put(w)
+            raise Cancelled("the call ended while its adaptation waited for a worker")
         try:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             result = w.call(fn, args, left)

@@ -34,7 +34,7 @@ from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.proto.metarl.v1 import policy_service_pb2_grpc as pb_grpc
 from metarl_server.adapter import Adapter
 from metarl_server.admin import ModelAdminService
-from metarl_server.interceptors import AuthInterceptor, MetricsInterceptor
+from metarl_server.interceptors import AuthInterceptor, ConcurrencyGuard, MetricsInterceptor
 from metarl_server.logs import setup_logging
 from metarl_server.metrics import Metrics
 from metarl_server.redis_store import RedisSessionStore
@@ -118,6 +118,15 @@ class ServeConfig:
     """Most transitions a recording session keeps (the oldest episodes are dropped)."""
     max_message_mb: int = field(default_factory=env("max_message_mb", 64))
     """Largest request or response, in MiB."""
+    max_streams: int = field(default_factory=env("max_streams", 256))
+    """Most StreamAct streams open at once (each holds a thread of its own pool, apart from the
+    threads of other calls and health checks); more answer RESOURCE_EXHAUSTED."""
+    max_streams_per_client: int = field(default_factory=env("max_streams_per_client", 64))
+    """Most StreamAct streams of one client (its name from a named token, else its connection)
+    open at once; 0: only --max-streams."""
+    stream_idle_timeout: float = field(default_factory=env("stream_idle_timeout", 300.0))
+    """Seconds a StreamAct stream may wait for its client's next message before it is closed
+    (UNAVAILABLE: open a new stream); 0 never closes them."""
     workers: int = field(default_factory=env("workers", 16))
     """Threads handling calls other than Adapt (Adapt calls waiting for the adaptation workers
     have --max-pending-adaptations threads of their own, so they never starve Act)."""
@@ -136,7 +145,12 @@ class ServeConfig:
     Prefer METARL_AUTH_TOKEN (read when the server starts, never shown by --help) or
     --auth-token-file to keep it out of the process list."""
     auth_token_file: Path | None = field(default_factory=env("auth_token_file", None, Path))
-    """A file of accepted tokens, one per line (for example a mounted secret)."""
+    """A file of accepted tokens (for example a mounted secret), one per line: 'TOKEN', or
+    'CLIENT TOKEN' to name the client (its sessions are then its own: other clients get
+    PERMISSION_DENIED). Lines starting with '#' are comments. A file without tokens is refused."""
+    admin_token_file: Path | None = field(default_factory=env("admin_token_file", None, Path))
+    """A file of admin tokens, one per line: only they call ModelAdminService (and they call
+    nothing else). Without it, every client token may call ModelAdminService."""
     tls_cert: Path | None = field(default_factory=env("tls_cert", None, Path))
     """PEM certificate chain: serve TLS instead of plaintext (with --tls-key)."""
     tls_key: Path | None = field(default_factory=env("tls_key", None, Path))
@@ -160,13 +174,51 @@ class ServeConfig:
     """Log lines as text, or one JSON object per line."""
 
     def tokens(self) -> list[str]:
-        """The accepted bearer tokens: --auth-token (else METARL_AUTH_TOKEN) and the file's."""
+        """The accepted client bearer tokens: --auth-token (else METARL_AUTH_TOKEN) and the
+        file's."""
+        return list(self.clients())
+
+    def clients(self) -> dict[str, str | None]:
+        """Each accepted client token and its client's name (None: unnamed). Raises
+        ``SystemExit`` for a token file that holds no token: auth was asked for, and an empty
+        or unreadable file must not turn it off."""
         token = self.auth_token or os.environ.get(ENV_PREFIX + "AUTH_TOKEN")
-        tokens = [token] if token else []
+        clients: dict[str, str | None] = {token.strip(): None} if token and token.strip() else {}
         if self.auth_token_file:
-            lines = self.auth_token_file.read_text().splitlines()
-            tokens += [t.strip() for t in lines if t.strip()]
-        return tokens
+            for line in _token_lines(self.auth_token_file, "--auth-token-file", 2):
+                clients[line[-1]] = line[0] if len(line) == 2 else None
+        return clients
+
+    def admin_tokens(self) -> list[str]:
+        """The tokens of --admin-token-file (none without it); ``SystemExit`` for a file
+        without tokens."""
+        if not self.admin_token_file:
+            return []
+        return [line[0] for line in _token_lines(self.admin_token_file, "--admin-token-file", 1)]
+
+
+def _token_lines(path: Path, flag: str, max_fields: int) -> list[list[str]]:
+    """The non-comment lines of a token file, split on whitespace; ``SystemExit`` (one line
+    that says what to fix) when it cannot be read, holds no token, or a line has too many
+    fields."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SystemExit(
+            f"{flag} {path}: cannot read it ({exc.strerror}): auth stays off"
+        ) from None
+    lines = [ln.split() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln[0].startswith("#")]
+    for n, ln in enumerate(lines, 1):
+        if len(ln) > max_fields:
+            form = "'CLIENT TOKEN' or 'TOKEN'" if max_fields == 2 else "'TOKEN'"
+            raise SystemExit(f"{flag} {path}: token line {n} has {len(ln)} fields; write {form}")
+    if not lines:
+        raise SystemExit(
+            f"{flag} {path} holds no token (empty or only whitespace/comments): refusing to "
+            "serve without the authentication it asks for; put at least one token in it"
+        )
+    return lines
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -234,6 +286,7 @@ class Server:
         self.metrics_port: int | None = None
         self.adapter = adapter
         self._owns_adapter = owns_adapter
+        self.guard: ConcurrencyGuard | None = None
         self._stopping = threading.Event()
         self._maintenance: threading.Thread | None = None
         self._listener = self._on_scan
@@ -250,8 +303,9 @@ class Server:
 
     def start(self) -> None:
         if self.cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve_http(self.cfg.metrics_port)
-            log.info("metrics on port %d (/metrics)", self.metrics_port)
+            host = self.cfg.host.strip("[]") or "::"
+            self.metrics_port = self.metrics.serve_http(self.cfg.metrics_port, host)
+            log.info("metrics on %s port %d (/metrics)", host, self.metrics_port)
         self.grpc_server.start()
         self._maintenance = threading.Thread(
             target=self._maintain, name="metarl-maintenance", daemon=True
@@ -301,6 +355,8 @@ class Server:
                 elif isinstance(self.sessions, RedisSessionStore):
                     self.sessions.close()  # the sessions themselves live on in Redis
                 self.metrics.close()
+                if self.guard is not None:
+                    self.guard.close()
                 if self._owns_adapter:
                     self.adapter.close()
             finally:
@@ -382,9 +438,16 @@ def create_server(
     adapter = adapter or shared_adapter(cfg)
     metrics = Metrics()
     interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(metrics)]
-    tokens = cfg.tokens()
-    if tokens:
-        interceptors.append(AuthInterceptor(tokens))
+    clients, admins = cfg.clients(), cfg.admin_tokens()
+    if clients or admins:
+        interceptors.append(AuthInterceptor(clients, admins))
+    guard = ConcurrencyGuard(
+        cfg.max_streams,
+        cfg.max_streams_per_client,
+        cfg.stream_idle_timeout,
+        initializer=_quiet_numpy,
+    )
+    interceptors.append(guard)  # last: behind auth, so refused calls take no stream slot
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=cfg.workers + cfg.max_pending_adaptations,
@@ -424,6 +487,7 @@ def create_server(
     if port == 0:
         raise OSError(f"could not bind {address}")
     wrapper = Server(server, port, cfg, service, health_servicer, metrics, adapter, owns_adapter)
+    wrapper.guard = guard
     wrapper.set_serving(len(registry) > 0)
     return wrapper, port
 
@@ -487,7 +551,7 @@ def serve(cfg: ServeConfig) -> None:
         port,
         os.getpid(),
         "TLS" if cfg.tls_cert else "plaintext",
-        "on" if cfg.tokens() else "off",
+        _auth_summary(cfg),
     )
     while not stop.wait(0.5):
         pass
@@ -500,6 +564,18 @@ def serve(cfg: ServeConfig) -> None:
     server.stop(cfg.grace).wait()
     log.info("stopped")
     sys.stdout.flush()
+
+
+def _auth_summary(cfg: ServeConfig) -> str:
+    clients, admins = cfg.clients(), cfg.admin_tokens()
+    if not clients and not admins:
+        return "off"
+    named = sum(name is not None for name in clients.values())
+    return f"on: {len(clients)} client token(s), {named} named" + (
+        f", {len(admins)} admin token(s)"
+        if admins
+        else "; client tokens may call the admin service"
+    )
 
 
 def build_into(registry: PolicyRegistry, cfg: ServeConfig) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from metarl_server.errors import InvalidArgument
+from metarl_server.errors import FailedPrecondition, InvalidArgument
 from metarl_server.numpy_policy import ParamSet
 from metarl_server.registry import PolicyVersion
 from metarl_server.validation import all_finite
@@ -168,11 +168,22 @@ def _not_finite() -> InvalidArgument:
     )
 
 
+def _bad_parameters() -> FailedPrecondition:
+    return FailedPrecondition(
+        "the session's parameters give non-finite actions or log-probabilities (an extreme "
+        "standard deviation): reset the session (ResetSession) or create a new one"
+    )
+
+
 def _finish(job: ActJob, out: NDArray[np.float32]) -> None:
     if not all_finite(out):
         job.error = _not_finite()
         return
-    job.actions, job.log_probs = job.policy.policy.act(job.params, out, job.deterministic, job.rng)
+    actions, logps = job.policy.policy.act(job.params, out, job.deterministic, job.rng)
+    if not (all_finite(logps) and (actions.dtype.kind != "f" or all_finite(actions))):
+        job.error = _bad_parameters()
+        return
+    job.actions, job.log_probs = actions, logps
 
 
 def _compute_one(job: ActJob) -> None:
@@ -185,7 +196,11 @@ def _compute_one(job: ActJob) -> None:
     if not all(map(math.isfinite, out)):
         job.error = _not_finite()
         return
-    job.action, job.log_prob = policy.act_one(job.params, out, job.deterministic, job.rng)
+    action, logp = policy.act_one(job.params, out, job.deterministic, job.rng)
+    if not (math.isfinite(logp) and (isinstance(action, int) or all(map(math.isfinite, action)))):
+        job.error = _bad_parameters()
+        return
+    job.action, job.log_prob = action, logp
 
 
 def _compute_group(jobs: list[ActJob]) -> int:

@@ -35,3 +35,7 @@ class Aborted(ServiceError):
     """A concurrent change got in the way (another Adapt, a reset); retrying is safe."""
 
     code = grpc.StatusCode.ABORTED
+
+
+class PermissionDenied(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED

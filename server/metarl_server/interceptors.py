@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent import futures
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from metarl_server.errors import InvalidArgument
 from metarl_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -75,6 +80,7 @@ class MetricsInterceptor(_CachingInterceptor):
                 record(start, _code_name(context, "OK"))
                 return response
 
+            _same_pool(fn, unary_unary)
             return handler._replace(unary_unary=unary_unary)
 
         if handler.request_streaming and handler.response_streaming:
@@ -94,51 +100,333 @@ class MetricsInterceptor(_CachingInterceptor):
                 finally:
                     record(start, code if code != "OK" else _code_name(context, "OK"))
 
+            _same_pool(sfn, stream_stream)
             return handler._replace(stream_stream=stream_stream)
         return handler  # (no unary-stream or stream-unary methods here)
 
 
-class AuthInterceptor(_CachingInterceptor):
-    """Requires ``authorization: Bearer <token>`` metadata on every call but health checks;
-    answers ``UNAUTHENTICATED`` otherwise."""
+def _same_pool(inner: Any, outer: Any) -> None:
+    """Keeps the thread pool gRPC runs ``inner`` on (``experimental_thread_pool``, see
+    :class:`ConcurrencyGuard`) for its wrapper ``outer``."""
+    pool = getattr(inner, "experimental_thread_pool", None)
+    if pool is not None:
+        outer.experimental_thread_pool = pool
 
-    def __init__(self, tokens: Iterable[str], exempt_prefixes: tuple[str, ...] = (HEALTH_PREFIX,)):
-        super().__init__()
-        self._tokens = [t.encode() for t in tokens if t]
-        if not self._tokens:
+
+ADMIN_PREFIX = "/metarl.v1.ModelAdminService/"
+STREAM_ACT = "/metarl.v1.PolicyService/StreamAct"
+OWN_PREFIX = "/metarl.v1."
+
+CLIENT: ContextVar[str | None] = ContextVar("metarl_client", default=None)
+"""The calling client's name, from its token (None: an unnamed token, or no auth). gRPC runs the
+interceptors and then the handler of a call in that call's own ``contextvars.Context``, so the
+value :class:`AuthInterceptor` sets is the one the handler reads."""
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Requires ``authorization: Bearer <token>`` metadata on every call but health checks.
+
+    ``clients`` maps each accepted token to its client's name (None for an unnamed token); the
+    name is published in :data:`CLIENT` for the handler. With ``admin_tokens``, only those call
+    ``ModelAdminService`` (and they call nothing else); without, every client token may.
+
+    A refused call is answered before its request is read: the refusal is a handler that never
+    asks for the message, so an unauthenticated client cannot make the server receive and decode
+    a large body (gRPC's flow control stops the sender after a window's worth of bytes).
+    """
+
+    def __init__(
+        self,
+        clients: Mapping[str, str | None] | Iterable[str],
+        admin_tokens: Iterable[str] = (),
+        exempt_prefixes: tuple[str, ...] = (HEALTH_PREFIX,),
+    ):
+        if not isinstance(clients, Mapping):
+            clients = dict.fromkeys(clients)
+        self._clients = [(t.encode(), name) for t, name in clients.items() if t]
+        self._admins = [t.encode() for t in admin_tokens if t]
+        if not self._clients and not self._admins:
             raise ValueError("AuthInterceptor needs at least one non-empty token")
         self._exempt = exempt_prefixes
+        self._unauthenticated = _refusal(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "missing or invalid credentials: send metadata 'authorization: Bearer <token>'",
+        )
+        self._admin_only = _refusal(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ModelAdminService needs an admin token (--admin-token-file); this token is a client's",
+        )
+        self._clients_only = _refusal(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "an admin token calls ModelAdminService only: use a client token for this service",
+        )
 
-    def _authorized(self, metadata: Any) -> bool:
+    @staticmethod
+    def _bearer(metadata: Any) -> bytes | None:
         for key, value in metadata or ():
             if key == "authorization":
                 scheme, _, token = str(value).partition(" ")
                 if scheme.lower() != "bearer":
-                    return False
-                given = token.strip().encode()
-                # compare with every token (constant time each) so timing tells nothing
-                return any([hmac.compare_digest(given, t) for t in self._tokens])
-        return False
+                    return None
+                return token.strip().encode()
+        return None
 
     def intercept_service(self, continuation: Any, details: Any) -> Any:
-        if details.method.startswith(self._exempt) or self._authorized(details.invocation_metadata):
+        method = details.method
+        if method.startswith(self._exempt):
             return continuation(details)
-        handler = continuation(details)
+        given = self._bearer(details.invocation_metadata)
+        if given is None:
+            return self._unauthenticated
+        # compare with every token (constant time each) so timing tells nothing
+        client: tuple[bytes, str | None] | None = None
+        for entry in self._clients:
+            if hmac.compare_digest(given, entry[0]):
+                client = entry
+        admin = any([hmac.compare_digest(given, t) for t in self._admins])
+        if self._admins and method.startswith(ADMIN_PREFIX):
+            if admin:
+                return continuation(details)
+            return self._admin_only if client is not None else self._unauthenticated
+        if client is None:
+            return self._clients_only if admin else self._unauthenticated
+        if client[1] is not None:
+            CLIENT.set(client[1])
+        return continuation(details)
+
+
+def _refusal(code: grpc.StatusCode, message: str) -> Handler:
+    """A handler that answers ``code`` without reading the request: a stream-request handler
+    whose iterator is never advanced (whatever the method's own shape: on the wire the client
+    cannot tell), with no deserializer."""
+
+    def refuse(request_iterator: Any, context: Any) -> Any:
+        context.abort(code, message)
+
+    return grpc.stream_stream_rpc_method_handler(refuse)
+
+
+class _Watched:
+    """A StreamAct request iterator that notes when it started waiting for the client's next
+    message (``since``; None while the server works on one), for the idle-stream reaper."""
+
+    __slots__ = ("_it", "context", "key", "since")
+
+    def __init__(self, it: Iterator[Any], context: Any) -> None:
+        self._it = it
+        self.context = context
+        self.key: str | None = None
+        self.since: float | None = time.monotonic()
+
+    def __iter__(self) -> _Watched:
+        return self
+
+    def __next__(self) -> Any:
+        self.since = time.monotonic()
+        request = next(self._it)
+        self.since = None
+        return request
+
+
+class ConcurrencyGuard(grpc.ServerInterceptor):
+    """Keeps long calls from taking the threads that short ones and health checks need.
+
+    gRPC's synchronous server runs every call on a thread of a pool for its whole life, and a
+    ``StreamAct`` stream lives as long as its client wants: enough idle streams would hold every
+    thread, and then nothing (health checks included) is answered. So:
+
+    - ``StreamAct`` streams run on a pool of their own (gRPC's per-method
+      ``experimental_thread_pool``) of ``max_streams`` threads; a stream past that answers
+      ``RESOURCE_EXHAUSTED`` at once (decided before the call is queued), as does a client's
+      stream past ``max_streams_per_client`` (a client: its name from its token, else its
+      connection);
+    - a stream that sends nothing for ``idle_timeout`` seconds is closed with ``UNAVAILABLE``
+      (open a new one), so stuck clients give their threads back;
+    - health checks run on a small pool of their own and always find a thread.
+    """
+
+    def __init__(
+        self,
+        max_streams: int,
+        max_streams_per_client: int,
+        idle_timeout: float,
+        health_threads: int = 2,
+        initializer: Callable[[], None] | None = None,
+    ) -> None:
+        if max_streams < 1:
+            raise ValueError("max_streams must be at least 1")
+        self.max_streams = max_streams
+        self.max_per_client = max_streams_per_client if max_streams_per_client > 0 else max_streams
+        self.idle_timeout = idle_timeout
+        self.stream_pool = futures.ThreadPoolExecutor(
+            max_streams, thread_name_prefix="metarl-stream", initializer=initializer
+        )
+        self.health_pool = futures.ThreadPoolExecutor(
+            health_threads, thread_name_prefix="metarl-health"
+        )
+        self._lock = threading.Lock()
+        self._active = 0
+        self._per_client: dict[str, int] = {}
+        self._streams: set[_Watched] = set()
+        self._handlers: dict[str, tuple[Handler, Handler]] = {}
+        self._full = _refusal(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the server serves its maximum of {max_streams} StreamAct streams (--max-streams): "
+            "close streams you no longer use, use Act, or retry shortly",
+        )
+        self._closed = threading.Event()
+        self._reaper: threading.Thread | None = None
+        if idle_timeout > 0:
+            self._reaper = threading.Thread(
+                target=self._reap, name="metarl-stream-reaper", daemon=True
+            )
+            self._reaper.start()
+
+    @property
+    def active_streams(self) -> int:
+        return self._active
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        method = details.method
+        if method == STREAM_ACT:
+            with self._lock:
+                if self._active >= self.max_streams:
+                    return self._full
+                self._active += 1
+            try:
+                return self._wrapped(method, continuation(details), self._stream)
+            except BaseException:
+                self._release(None)
+                raise
+        if method.startswith(HEALTH_PREFIX):
+            return self._wrapped(method, continuation(details), self._health)
+        if method.startswith(OWN_PREFIX):
+            return self._wrapped(method, continuation(details), _lenient)
+        return continuation(details)
+
+    def _wrapped(self, method: str, handler: Handler, wrap: Callable[[Handler], Handler]) -> Any:
         if handler is None:
             return None
-        return self._cached(details.method, handler, lambda: _denied(handler))
+        hit = self._handlers.get(method)
+        if hit is not None and hit[0] is handler:
+            return hit[1]
+        wrapped = wrap(handler)
+        self._handlers[method] = (handler, wrapped)
+        return wrapped
+
+    def _health(self, handler: Handler) -> Handler:
+        if handler.unary_unary is None:
+            return handler  # Watch: non-blocking, it holds no thread
+        fn = handler.unary_unary
+
+        def check(request: Any, context: Any) -> Any:
+            return fn(request, context)
+
+        check.experimental_thread_pool = self.health_pool  # type: ignore[attr-defined]
+        return handler._replace(unary_unary=check)
+
+    def _stream(self, handler: Handler) -> Handler:
+        handler = _lenient(handler)
+        fn = handler.stream_stream
+
+        def stream_stream(request_iterator: Any, context: Any) -> Any:
+            watched = _Watched(request_iterator, context)
+            if not context.add_callback(lambda: self._release(watched)):
+                self._release(watched)  # (already over)
+                return iter(())
+            key = CLIENT.get() or context.peer()
+            with self._lock:
+                n = self._per_client.get(key, 0)
+                if n < self.max_per_client:
+                    self._per_client[key] = n + 1
+                    watched.key = key
+                    self._streams.add(watched)
+            if watched.key is None:
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this client already has its maximum of {self.max_per_client} StreamAct "
+                    "streams (--max-streams-per-client): close streams it no longer uses",
+                )
+            return fn(watched, context)
+
+        stream_stream.experimental_thread_pool = self.stream_pool  # type: ignore[attr-defined]
+        return handler._replace(stream_stream=stream_stream)
+
+    def _release(self, watched: _Watched | None) -> None:
+        with self._lock:
+            self._active -= 1
+            if watched is not None and watched.key is not None:
+                key, watched.key = watched.key, None
+                n = self._per_client[key] - 1
+                if n:
+                    self._per_client[key] = n
+                else:
+                    del self._per_client[key]
+                self._streams.discard(watched)
+
+    def _reap(self) -> None:
+        period = min(1.0, self.idle_timeout / 4)
+        message = (
+            f"StreamAct stream closed after {self.idle_timeout:g} s without a message from the "
+            "client (--stream-idle-timeout): open a new stream"
+        )
+        while not self._closed.wait(period):
+            now = time.monotonic()
+            with self._lock:
+                idle = [
+                    w
+                    for w in self._streams
+                    if w.since is not None and now - w.since > self.idle_timeout
+                ]
+            for w in idle:
+                _end_call(w.context, grpc.StatusCode.UNAVAILABLE, message)
+
+    def close(self) -> None:
+        self._closed.set()
+        self.stream_pool.shutdown(wait=False)
+        self.health_pool.shutdown(wait=False)
 
 
-def _denied(handler: Handler) -> Handler:
-    message = "missing or invalid credentials: send metadata 'authorization: Bearer <token>'"
+class _Malformed:
+    """What a request that is not a valid protobuf message decodes to: any use of it raises
+    ``InvalidArgument`` (the services map that to INVALID_ARGUMENT), where gRPC itself would log
+    a traceback and answer INTERNAL."""
 
-    def deny(request: Any, context: Any) -> Any:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    __slots__ = ("error",)
 
-    if handler.request_streaming and handler.response_streaming:
-        return handler._replace(stream_stream=deny)
-    if handler.request_streaming:
-        return handler._replace(stream_unary=deny)
-    if handler.response_streaming:
-        return handler._replace(unary_stream=deny)
-    return handler._replace(unary_unary=deny)
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+    def __getattr__(self, name: str) -> Any:
+        raise InvalidArgument(
+            f"the request is not a valid protobuf message of this method ({self.error}): "
+            "build it with the stubs generated from proto/metarl/v1"
+        )
+
+
+def _lenient(handler: Handler) -> Handler:
+    """``handler`` with a request deserializer that turns a malformed message (bad wire data,
+    nesting past protobuf's recursion limit) into a :class:`_Malformed`."""
+    parse = handler.request_deserializer
+    if parse is None:
+        return handler
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return _Malformed(str(exc) or "undecodable")
+
+    return handler._replace(request_deserializer=deserialize)
+
+
+def _end_call(context: Any, code: grpc.StatusCode, message: str) -> None:
+    """Ends a call from another thread than its handler's, with ``code`` and ``message`` (the
+    handler's blocked read then fails and its thread is free). gRPC's public ``cancel()`` can only
+    say CANCELLED; the call object underneath takes a status."""
+    try:
+        from grpc._cython import cygrpc
+
+        context._rpc_event.call.cancel(getattr(cygrpc.StatusCode, code.name.lower()), message)
+    except Exception:
+        context.cancel()

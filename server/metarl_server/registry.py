@@ -148,6 +148,29 @@ class ScanResult:
     unloaded: list[PolicyVersion] = field(default_factory=list)
 
 
+def _stays_inside(version_dir: Path, model_dir: Path) -> bool:
+    """False (with a log line) when ``version_dir`` or a file in it resolves outside
+    ``model_dir`` through a symbolic link: whoever can write the model directory must not make
+    the server read files elsewhere (symbolic links within it are fine)."""
+    root = model_dir.resolve()
+    try:
+        paths = [version_dir, *version_dir.iterdir()]
+        outside = [p for p in paths if not p.resolve().is_relative_to(root)]
+    except (OSError, RuntimeError) as exc:  # (RuntimeError: a symlink loop)
+        log.warning("refused %s: cannot resolve its files (%s)", version_dir, exc)
+        return False
+    if outside:
+        log.warning(
+            "refused %s: %s is a symbolic link out of the model directory %s (copy the "
+            "checkpoint into it instead)",
+            version_dir,
+            outside[0],
+            root,
+        )
+        return False
+    return True
+
+
 class PolicyRegistry:
     """Thread-safe map of policy name -> version -> :class:`PolicyVersion`, with session counts."""
 
@@ -249,7 +272,11 @@ class PolicyRegistry:
             except OSError:
                 continue
             out.extend(
-                v for v in versions if not v.name.startswith(".") and (v / MANIFEST).exists()
+                v
+                for v in versions
+                if not v.name.startswith(".")
+                and (v / MANIFEST).exists()
+                and _stays_inside(v, model_dir)
             )
         return out
 

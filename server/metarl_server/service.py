@@ -26,18 +26,20 @@ from metarl_client.proto.metarl.v1 import policy_service_pb2_grpc as pb_grpc
 from metarl_client.proto.metarl.v1 import tensor_pb2
 from metarl_client.tensors import to_tensor
 from metarl_server import validation
-from metarl_server.adapter import Adapter
+from metarl_server.adapter import Adapter, Cancelled
 from metarl_server.batching import ActBatcher, ActJob
 from metarl_server.errors import (
     Aborted,
     FailedPrecondition,
     InvalidArgument,
+    PermissionDenied,
     ResourceExhausted,
     ServiceError,
 )
+from metarl_server.interceptors import CLIENT
 from metarl_server.metrics import Metrics
 from metarl_server.registry import PolicyRegistry, PolicyVersion
-from metarl_server.sessions import RecordedEpisode, Session, SessionStore
+from metarl_server.sessions import RecordedEpisode, Session, SessionStore, log_id
 from metarl_server.worker import AdaptationError, AdaptJob
 
 log = logging.getLogger(__name__)
@@ -92,13 +94,17 @@ _F32 = [struct.Struct(f"<{n}f") for n in range(17)]
 
 
 def _pack_f32(values: list[float]) -> bytes:
-    """Python numbers as little-endian float32 bytes (past float32's range: ±inf, as numpy)."""
+    """Python numbers as little-endian float32 bytes (``FailedPrecondition`` past float32's
+    range)."""
     try:
         if len(values) < len(_F32):
             return _F32[len(values)].pack(*values)
         return struct.pack(f"<{len(values)}f", *values)
-    except OverflowError:
-        return np.array(values, np.float32).astype("<f4").tobytes()
+    except OverflowError:  # finite, but past float32's range: never answered as infinity
+        raise FailedPrecondition(
+            "the session's policy gives an action beyond float32's range: reset the session "
+            "(ResetSession) or create a new one"
+        ) from None
 
 
 def encode_action(pv: PolicyVersion, action: int | list[float], into: tensor_pb2.Tensor) -> None:
@@ -155,6 +161,17 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
         self.batcher = ActBatcher(max_batch_calls, on_batch=self.metrics.observe_batch)
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _session(self, session_id: str) -> Session:
+        """The live session ``session_id``, if the calling client may use it: a session
+        created by a named client (see ``--auth-token-file``) is that client's alone."""
+        s = self.sessions.get(session_id)
+        if s.owner is not None and s.owner != CLIENT.get():
+            raise PermissionDenied(
+                "this session belongs to another client: use the sessions your own token "
+                "created (CreateSession)"
+            )
+        return s
 
     def _session_proto(self, s: Session) -> pb.Session:
         msg = pb.Session(
@@ -256,26 +273,30 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
         except BaseException:
             self.registry.release(pv)
             raise
+        owner = CLIENT.get()
+        if owner is not None:
+            s.owner = owner
+            self.sessions.save(s)
         self.metrics.sessions_created.inc()
         log.info(
             "session %s created on %s",
-            s.id,
+            log_id(s.id),
             pv.key,
-            extra={"session": s.id, "policy": pv.name, "version": pv.version},
+            extra={"session": log_id(s.id), "policy": pv.name, "version": pv.version},
         )
         return pb.CreateSessionResponse(session=self._session_proto(s))
 
     @_status_on_error
     def GetSession(self, request: pb.GetSessionRequest, context: Any) -> pb.GetSessionResponse:
         return pb.GetSessionResponse(
-            session=self._session_proto(self.sessions.get(request.session_id))
+            session=self._session_proto(self._session(request.session_id))
         )
 
     @_status_on_error
     def ResetSession(
         self, request: pb.ResetSessionRequest, context: Any
     ) -> pb.ResetSessionResponse:
-        s = self.sessions.get(request.session_id)
+        s = self._session(request.session_id)
         with s.lock:
             s.param_set = s.policy.param_set
             s.adaptation_steps = s.adaptations = 0
@@ -289,12 +310,13 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
     def DeleteSession(
         self, request: pb.DeleteSessionRequest, context: Any
     ) -> pb.DeleteSessionResponse:
+        self._session(request.session_id)  # NOT_FOUND, or PERMISSION_DENIED for another's
         self.sessions.delete(request.session_id)
         return pb.DeleteSessionResponse()
 
     @_status_on_error
     def Act(self, request: pb.ActRequest, context: Any) -> pb.ActResponse:
-        s = self.sessions.get(request.session_id)
+        s = self._session(request.session_id)
         obs, single = validation.observations(
             request.observations, s.policy, self.limits.max_batch_size
         )
@@ -323,7 +345,7 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
                 if session is None:
                     if not req.session_id:
                         raise InvalidArgument("the first StreamAct message must name session_id")
-                    session = self.sessions.get(req.session_id)
+                    session = self._session(req.session_id)
                 else:
                     if req.session_id and req.session_id != session.id:
                         raise InvalidArgument(
@@ -351,6 +373,8 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
                 yield resp
         except ServiceError as exc:
             context.abort(exc.code, str(exc))
+        except grpc.RpcError:
+            return  # the call is over (the client went away, or an idle stream was closed)
         except Exception:
             log.exception("unexpected error in StreamAct")
             context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
@@ -359,7 +383,7 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
     def ReportFeedback(
         self, request: pb.ReportFeedbackRequest, context: Any
     ) -> pb.ReportFeedbackResponse:
-        s = self.sessions.get(request.session_id)
+        s = self._session(request.session_id)
         if s.recording is None:
             raise FailedPrecondition("the session does not record: create it with record=true")
         if not request.HasField("feedback"):
@@ -370,7 +394,7 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
     @_status_on_error
     def Adapt(self, request: pb.AdaptRequest, context: Any) -> pb.AdaptResponse:
         start = time.perf_counter()
-        s = self.sessions.get(request.session_id)
+        s = self._session(request.session_id)
         pv = s.policy
         steps = request.steps if request.HasField("steps") else pv.inner_loop.steps
         if not 1 <= steps <= self.limits.max_adapt_steps:
@@ -395,6 +419,11 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
         try:
             result = self._run_adaptation(pv, params, eps, steps, context)
             new_params = pv.policy.params(result.params)
+            try:
+                validation.check_policy_outputs(pv, new_params, eps)
+            except FailedPrecondition:
+                self.metrics.adaptations.labels("diverged").inc()
+                raise
             with s.lock:
                 if s.generation != generation:
                     raise Aborted(
@@ -417,12 +446,12 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
         self.metrics.adapt_seconds.observe(result.compute_seconds)
         log.info(
             "session %s adapted: %d step(s) on %d transitions, loss %.4g -> %.4g",
-            s.id,
+            log_id(s.id),
             steps,
             result.transitions,
             result.loss_before,
             result.loss_after,
-            extra={"session": s.id},
+            extra={"session": log_id(s.id)},
         )
         stats = pb.AdaptStats(
             steps=steps,
@@ -447,8 +476,14 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
         remaining = context.time_remaining()  # huge without a deadline
         if remaining is not None and remaining > 86_400:
             remaining = None
+        if not context.is_active() or remaining == 0:  # gone or expired: nobody would read it
+            self.metrics.adaptations.labels("cancelled").inc()
+            raise Aborted("the call ended (cancelled or past its deadline) before adapting")
         try:
-            return self.adapter.adapt(job, timeout=remaining)
+            return self.adapter.adapt(job, timeout=remaining, is_active=context.is_active)
+        except Cancelled:
+            self.metrics.adaptations.labels("cancelled").inc()
+            raise Aborted("the call ended while its adaptation waited; not computed") from None
         except ResourceExhausted:
             self.metrics.adaptations.labels("rejected").inc()
             raise

@@ -10,6 +10,7 @@ module has the in-memory one, and a shared store (Redis) can implement the same 
 from __future__ import annotations
 
 import abc
+import hashlib
 import logging
 import secrets
 import threading
@@ -174,7 +175,10 @@ class Session:
     generation: int = 0
     """Bumped by ResetSession: an adaptation that started before a reset is not applied after it."""
     adapting: bool = False
-    """An Adapt is running for this session (at most one at a time)."""
+    """An Adapt is running for this session (at most one at a time); the session does not
+    expire meanwhile."""
+    owner: str | None = None
+    """The name of the client that created it (from its token); None: any client may use it."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     """Guards the recording, the counters and ``adapting``; never held while adapting."""
 
@@ -229,6 +233,7 @@ class Session:
                 "adaptation_steps": self.adaptation_steps,
                 "adaptations": self.adaptations,
                 "generation": self.generation,
+                "owner": self.owner,
             }
 
     @classmethod
@@ -254,7 +259,15 @@ class Session:
             adaptation_steps=int(state["adaptation_steps"]),
             adaptations=int(state["adaptations"]),
             generation=int(state["generation"]),
+            owner=state.get("owner"),
         )
+
+
+def log_id(session_id: str) -> str:
+    """What logs say instead of a session id (the id is the session's only credential when
+    clients are not named): the first 12 hex digits of its SHA-256, the same in every log line
+    and replica, so one session's lines can still be followed."""
+    return hashlib.sha256(session_id.encode()).hexdigest()[:12]
 
 
 RemoveListener = Callable[[Session, str], None]
@@ -327,13 +340,17 @@ class InMemorySessionStore(SessionStore):
             oldest = next(iter(self._sessions.values()))  # least recently used first
             if now - oldest.last_used <= self.ttl_seconds:
                 break
+            if oldest.adapting:  # its own Adapt is using it: that counts as use
+                oldest.last_used = now
+                self._sessions.move_to_end(oldest.id)
+                continue
             self._sessions.popitem(last=False)
             expired.append(oldest)
         return expired
 
     def _notify_expired(self, expired: list[Session]) -> None:
         for s in expired:
-            log.info("session %s expired after %.0f s idle", s.id, self.ttl_seconds)
+            log.info("session %s expired after %.0f s idle", log_id(s.id), self.ttl_seconds)
             self._removed(s, "expired")
 
     def create(self, policy: PolicyVersion, seed: int | None, record: bool) -> Session:
@@ -365,7 +382,9 @@ class InMemorySessionStore(SessionStore):
         now = time.monotonic()
         with self._lock:
             session = self._sessions.get(session_id)
-            if session is not None and now - session.last_used <= self.ttl_seconds:
+            if session is not None and (
+                now - session.last_used <= self.ttl_seconds or session.adapting
+            ):
                 session.last_used = now
                 self._sessions.move_to_end(session_id)
                 return session
