@@ -1,14 +1,92 @@
-"""The ``metarl`` command: ``train``, ``eval``, ``serve``, ``demo``."""
+"""The ``metarl`` command: ``train``, ``eval``, ``serve``, ``demo``.
+
+A user's mistake (a :class:`metarl.errors.UserError`, a refused configuration, an unusable
+checkpoint) ends in ONE line on stderr, ``metarl <command>: error: <what and the way out>``, and a
+non-zero exit status (2 for usage errors); Ctrl-C ends in one line and status 130. ``--debug``
+(anywhere on the command line) or ``METARL_DEBUG=1`` shows the traceback instead. Any other
+exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+from pathlib import Path
+from typing import Any
 
 import tyro
 
+from metarl.errors import UserError
+
+DEBUG_ENV = "METARL_DEBUG"
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
+_USER_ERRORS = {
+    # Errors of other modules that are the user's to fix, and their exit status; looked up only
+    # when their module is already imported (the serving process never imports torch).
+    ("metarl.config", "ConfigError"): 2,
+    ("metarl.checkpoint", "CheckpointError"): 1,
+    ("metarl.lineage", "WarmStartError"): 2,
+}
+
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
+    """Runs one ``metarl`` command; see the module doc for how errors end."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    prog = "metarl" + (f" {args[0]}" if args[:1] and not args[0].startswith("-") else "")
+    try:
+        _run(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
+    except Exception as exc:
+        status = None if debug else user_error_status(exc)
+        if status is None:
+            raise
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        raise SystemExit(status) from None
+
+
+def user_error_status(exc: BaseException) -> int | None:
+    """The exit status of a user's mistake, or None for anything else (a bug)."""
+    if isinstance(exc, UserError):
+        return exc.exit_code
+    for (module, name), status in _USER_ERRORS.items():
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return int(getattr(exc, "exit_code", status))
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line."""
+    text = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def report_checkpoint(out: Path, ckpt: Any) -> None:
+    """Says where the checkpoint went, only when this run really wrote it there (an other
+    process under torchrun says nothing)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    try:
+        manifest = json.loads((Path(out) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    if (manifest.get("name"), manifest.get("version")) != (ckpt.name, ckpt.version):
+        raise UserError(
+            f"no checkpoint was written to {out}: the run ended before its first save; run at "
+            "least one iteration (--iterations 1 or more)"
+        )
+    print(f"wrote checkpoint {out} (policy {ckpt.name} version {ckpt.version})")
+
+
+def _run(args: list[str]) -> None:
     if args[:1] == ["serve"]:
         # The serving process never needs torch (~220 MB): skip the trainer's imports.
         from metarl_server.app import ServeConfig, serve
@@ -23,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
 
         train_cfg = parse_train_args(args[1:], prog="metarl train")
         ckpt = train(train_cfg)
-        print(f"wrote checkpoint {train_cfg.out} (policy {ckpt.name} version {ckpt.version})")
+        report_checkpoint(train_cfg.out, ckpt)
         return
 
     from metarl.demo import DemoConfig
@@ -35,13 +113,14 @@ def main(argv: list[str] | None = None) -> None:
         {"train": TrainConfig, "eval": EvalConfig, "serve": ServeConfig, "demo": DemoConfig},
         args=args,
         prog="metarl",
-        description="Meta-train, evaluate, serve and try adaptable RL policies.",
+        description="Meta-train, evaluate, serve and try adaptable RL policies. A mistake ends "
+        "in one line on stderr; add --debug (or METARL_DEBUG=1) for the traceback.",
     )
     if isinstance(cfg, TrainConfig):
         from metarl.train import train
 
         ckpt = train(cfg)
-        print(f"wrote checkpoint {cfg.out} (policy {ckpt.name} version {ckpt.version})")
+        report_checkpoint(cfg.out, ckpt)
     elif isinstance(cfg, EvalConfig):
         from metarl.eval import run_eval
 
