@@ -15,9 +15,19 @@ from metarl.envs.base import vector_entry_point as _vector_entry_point
 from metarl.envs.cartpole_family import BatchedCartPoleFamily, CartPoleFamilyEnv
 from metarl.envs.navigation import BatchedNavigation2D, Navigation2DEnv
 from metarl.envs.pendulum_family import BatchedPendulumFamily, PendulumFamilyEnv
+from metarl.errors import UsageError
 
 _FAMILIES: dict[str, type[TaskFamilyEnv]] = {}
 _POLICY_NAMES: dict[str, str] = {}
+OPTIONAL_FAMILIES = {"metarl/HalfCheetahVel-v0": "pip install 'metarl[mujoco]'"}
+"""Families registered only when their extra is installed, and the command that installs it."""
+
+
+class UnknownFamily(UsageError, KeyError):
+    """No task family is registered under that id (a usage error; also a ``KeyError``)."""
+
+    def __str__(self) -> str:  # KeyError's would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 def register_family(
@@ -52,9 +62,15 @@ def family(env_id: str) -> type[TaskFamilyEnv]:
     try:
         return _FAMILIES[env_id]
     except KeyError:
-        raise KeyError(
-            f"unknown task family {env_id!r}; registered families: {sorted(_FAMILIES)}"
-        ) from None
+        pass
+    if env_id in OPTIONAL_FAMILIES:
+        raise UnknownFamily(
+            f"task family {env_id} needs MuJoCo, which is not installed: "
+            f"{OPTIONAL_FAMILIES[env_id]}"
+        )
+    raise UnknownFamily(
+        f"unknown task family {env_id!r}; registered families: {', '.join(sorted(_FAMILIES))}"
+    )
 
 
 def registered_families() -> list[str]:
@@ -96,6 +112,7 @@ __all__ = [
     "Task",
     "TaskFamilyEnv",
     "TaskFamilyVectorEnv",
+    "UnknownFamily",
     "derived_policy_name",
     "family",
     "policy_name",
