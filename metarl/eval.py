@@ -13,8 +13,17 @@ adapt one step on them, repeat. The methods:
   and Adam, for ``--pretrain-iterations`` iterations, seeded, cached nowhere), then fine-tuned;
 * ``random``: a fresh random initialization, then fine-tuned.
 
+A fair comparison tunes the baselines' fine-tuning too: the checkpoint's α and σ are MAML's,
+learnt for θ, and can leave a plain policy stuck (a pretrained navigation policy's mean actions
+sit far outside the ±0.1 clip, so with σ ≈ 0.1 every episode is the same and its gradient is
+zero). So each baseline fine-tunes with the learning rate (``--baseline-lr-scales`` × α) and, for
+gaussian policies, the exploration std (``--baseline-stds`` × the action range's half-width, 0:
+its own) that give the best mean return after 1..K steps on ``--baseline-tasks`` *training*
+tasks, drawn from a stream apart from the held-out one; the grid and the choice are reported.
+``maml`` keeps the checkpoint's settings.
+
 All methods see the same tasks and the same random streams, so their differences are the
-initializations'. The same seed gives the same numbers.
+initializations' (and the baselines' chosen fine-tuning). The same seed gives the same numbers.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from metarl.policies import Params, PolicySpec
 from metarl.sampling import episode_returns, sample_episodes
 
 METHODS = ("maml", "pretrained", "random")
+BASELINES = ("pretrained", "random")
 
 
 @dataclass
@@ -64,6 +74,15 @@ class EvalConfig:
     """Tasks per iteration of the ``pretrained`` baseline's training."""
     pretrain_lr: float = 1e-2
     """Adam learning rate of the ``pretrained`` baseline's training."""
+    baseline_lr_scales: tuple[float, ...] = (1.0, 10.0, 30.0, 100.0)
+    """Fine-tuning learning rates tried for the ``pretrained`` and ``random`` baselines, as
+    multiples of the checkpoint's inner learning rate alpha."""
+    baseline_stds: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0)
+    """Gaussian policies: exploration stds tried for the baselines' fine-tuning, as multiples of
+    the action range's half-width; 0 keeps the baseline's own std."""
+    baseline_tasks: int = 10
+    """Training tasks (a stream apart from the held-out one) on which each baseline's fine-tuning
+    settings are chosen, by the mean return after 1..K inner steps."""
     threads: int = 1
     """Torch intra-op threads."""
     quiet: bool = False
@@ -82,8 +101,17 @@ class EvalResult:
     """Standard deviation over tasks of the same per-task means."""
     per_task: dict[str, np.ndarray] = field(repr=False)
     """``[K + 1, num_tasks]`` per-task mean returns."""
+    fine_tuning: dict[str, FineTuning] = field(default_factory=dict)
+    """Each baseline's fine-tuning settings, chosen on training tasks, with the grid tried."""
+    selection_tasks: int = 0
+    """Training tasks the baselines' settings were chosen on."""
+
+    def best_baseline(self) -> list[float]:
+        """After each step, the better of the fine-tuned baselines' mean returns."""
+        return [max(xs) for xs in zip(*(self.returns[m] for m in BASELINES), strict=True)]
 
     def to_json(self) -> dict[str, Any]:
+        best = self.best_baseline()
         return {
             "env_id": self.env_id,
             "num_tasks": self.num_tasks,
@@ -92,7 +120,30 @@ class EvalResult:
             "std": self.std,
             "adapt_steps": len(next(iter(self.returns.values()))) - 1,
             "episodes_per_task": self.episodes_per_task,
+            "fine_tuning": {
+                "selection_tasks": self.selection_tasks,
+                "criterion": "mean return after 1..K inner steps on training tasks",
+                **{m: ft.to_json() for m, ft in self.fine_tuning.items()},
+            },
+            "best_baseline": best,
+            "maml_minus_best_baseline": [
+                round(a - b, 4) for a, b in zip(self.returns["maml"], best, strict=True)
+            ],
         }
+
+
+@dataclass
+class FineTuning:
+    """How a baseline is fine-tuned: the inner learning rate and (gaussian) exploration std."""
+
+    lr: float
+    std: float | None
+    """Exploration std set before fine-tuning (mean over action dimensions); None: its own."""
+    grid: list[dict[str, Any]]
+    """Every setting tried: ``{"lr", "std", "score"}`` (score: mean return after 1..K steps)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lr": self.lr, "std": self.std, "grid": self.grid}
 
 
 def _log(cfg: EvalConfig, msg: str) -> None:
@@ -170,6 +221,54 @@ def _torch_seed(ss: np.random.SeedSequence) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+def with_std(spec: PolicySpec, params: Params, std: torch.Tensor | None) -> Params:
+    """``params`` with the gaussian policy's std set to ``std`` (None: unchanged)."""
+    if std is None or spec.distribution != "gaussian":
+        return params
+    log_std = params["log_std"]
+    return {**params, "log_std": torch.log(std.to(log_std.dtype)).expand_as(log_std).clone()}
+
+
+def choose_fine_tuning(
+    batched_cls: type[BatchedTaskEnv],
+    spec: PolicySpec,
+    params: Params,
+    inner: InnerLoopConfig,
+    *,
+    lrs: list[float],
+    stds: list[torch.Tensor | None],
+    num_tasks: int,
+    steps: int,
+    episodes_per_task: int,
+    seed: np.random.SeedSequence,
+) -> tuple[FineTuning, torch.Tensor | None]:
+    """The grid point (learning rate, std) with the best mean return after 1..``steps`` inner
+    steps (0 steps: before any) on ``num_tasks`` tasks drawn from ``seed``, every point on the
+    same tasks and random streams; ties go to the earlier point."""
+    task_ss, episode_ss = seed.spawn(2)
+    tasks = batched_cls.sample_tasks(num_tasks, np.random.default_rng(task_ss))
+    env = batched_cls(num_tasks * episodes_per_task)
+    grid: list[dict[str, Any]] = []
+    best: tuple[float, float, torch.Tensor | None] | None = None
+    best_score = -float("inf")
+    for std in stds:
+        for lr in lrs:
+            curve = adaptation_curve(
+                env, spec, with_std(spec, params, std), tasks, inner,
+                steps=steps, episodes_per_task=episodes_per_task, lr=lr,
+                rng=np.random.default_rng(episode_ss),
+                generator=torch.Generator().manual_seed(_torch_seed(episode_ss)),
+            )  # fmt: skip
+            score = float(curve[1:].mean()) if steps > 0 else float(curve[0].mean())
+            shown_std = None if std is None else round(float(std.mean()), 6)
+            grid.append({"lr": lr, "std": shown_std, "score": round(score, 4)})
+            if score > best_score:
+                best_score, best = score, (lr, shown_std or 0.0, std)
+    assert best is not None
+    lr, _, std = best
+    return FineTuning(lr, None if std is None else round(float(std.mean()), 6), grid), std
+
+
 def evaluate(cfg: EvalConfig, ckpt: Checkpoint | None = None) -> EvalResult:
     """Runs the evaluation ``cfg`` describes (on ``ckpt`` if given, else on ``cfg.checkpoint``)."""
     if cfg.tasks < 1 or cfg.adapt_steps < 0:
@@ -181,8 +280,17 @@ def evaluate(cfg: EvalConfig, ckpt: Checkpoint | None = None) -> EvalResult:
     spec, inner = ckpt.spec, ckpt.inner_loop
     episodes = cfg.episodes_per_task or int(ckpt.training.get("episodes_per_task", 20))
 
-    # Independent streams: held-out tasks, episodes (shared by every method), baselines.
-    task_ss, episode_ss, pretrain_ss, random_ss = np.random.SeedSequence(cfg.seed).spawn(4)
+    if cfg.baseline_tasks < 1 or not cfg.baseline_lr_scales or not cfg.baseline_stds:
+        raise ValueError(
+            "--baseline-tasks must be at least 1 and --baseline-lr-scales and --baseline-stds "
+            "need at least one value each"
+        )
+    if any(s <= 0 for s in cfg.baseline_lr_scales) or any(s < 0 for s in cfg.baseline_stds):
+        raise ValueError("--baseline-lr-scales must be > 0 and --baseline-stds >= 0")
+    # Independent streams: held-out tasks, episodes (shared by every method), baselines, and
+    # the training tasks the baselines' fine-tuning is chosen on (children 0-3 are as before).
+    streams = np.random.SeedSequence(cfg.seed).spawn(5)
+    task_ss, episode_ss, pretrain_ss, random_ss, select_ss = streams
     tasks = batched_cls.sample_tasks(cfg.tasks, np.random.default_rng(task_ss))
 
     inits: dict[str, tuple[Params, float | Params | None]] = {
@@ -205,6 +313,26 @@ def evaluate(cfg: EvalConfig, ckpt: Checkpoint | None = None) -> EvalResult:
     )
     random_gen = torch.Generator().manual_seed(_torch_seed(random_ss))
     inits["random"] = (policies.init_params(spec, random_gen), None)
+
+    # Each baseline's fine-tuning (learning rate, exploration std), chosen on training tasks.
+    alpha = inner.lr
+    lrs = [alpha * s for s in cfg.baseline_lr_scales]
+    stds: list[torch.Tensor | None] = [None]
+    if spec.distribution == "gaussian":
+        space = batched_cls.action_space
+        half = torch.as_tensor((space.high - space.low) / 2, dtype=torch.float32)  # type: ignore[attr-defined]
+        stds = [None if s == 0 else s * half for s in dict.fromkeys(cfg.baseline_stds)]
+    fine_tuning: dict[str, FineTuning] = {}
+    for method in BASELINES:
+        _log(cfg, f"{method}: choosing its fine-tuning on {cfg.baseline_tasks} training tasks "
+                  f"({len(lrs)} learning rates x {len(stds)} stds)")  # fmt: skip
+        params, _ = inits[method]
+        fine_tuning[method], std = choose_fine_tuning(
+            batched_cls, spec, params, inner,
+            lrs=lrs, stds=stds, num_tasks=cfg.baseline_tasks, steps=cfg.adapt_steps,
+            episodes_per_task=episodes, seed=select_ss,
+        )  # fmt: skip
+        inits[method] = (with_std(spec, params, std), fine_tuning[method].lr)
 
     env = batched_cls(cfg.tasks * episodes)
     per_task: dict[str, np.ndarray] = {}
@@ -231,7 +359,40 @@ def evaluate(cfg: EvalConfig, ckpt: Checkpoint | None = None) -> EvalResult:
         returns={m: [round(float(x), 4) for x in r.mean(axis=1)] for m, r in per_task.items()},
         std={m: [round(float(x), 4) for x in r.std(axis=1)] for m, r in per_task.items()},
         per_task=per_task,
+        fine_tuning=fine_tuning,
+        selection_tasks=cfg.baseline_tasks,
     )
+
+
+def format_fine_tuning(result: EvalResult) -> str:
+    """Each baseline's grid (score per learning rate and std, * chosen) and MAML against the
+    best fine-tuned baseline."""
+    steps = len(result.returns["maml"]) - 1
+    lines = [
+        f"baselines' fine-tuning, chosen on {result.selection_tasks} training tasks by the mean "
+        f"return after {'1..' + str(steps) if steps > 1 else steps} step{'s' * (steps != 1)}:"
+    ]
+    for method, ft in result.fine_tuning.items():
+        stds = list(dict.fromkeys(g["std"] for g in ft.grid))
+        lrs = list(dict.fromkeys(g["lr"] for g in ft.grid))
+        score = {(g["lr"], g["std"]): g["score"] for g in ft.grid}
+        header = [f"{method} lr", *("own std" if s is None else f"std {s:g}" for s in stds)]
+        rows = [
+            [f"{lr:g}"]
+            + [f"{score[lr, s]:.2f}" + ("*" if (lr, s) == (ft.lr, ft.std) else "") for s in stds]
+            for lr in lrs
+        ]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for r in [header, *rows]:
+            lines.append("  " + "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+    best = result.best_baseline()
+    diffs = ", ".join(
+        f"{d:+.2f} after {j}" for j, d in enumerate(
+            a - b for a, b in zip(result.returns["maml"], best, strict=True)
+        )
+    )  # fmt: skip
+    lines.append(f"maml minus the best fine-tuned baseline: {diffs}")
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def format_table(result: EvalResult) -> str:
@@ -292,6 +453,9 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
         print(json.dumps(result.to_json()))
     else:
         print(format_table(result))
+        if result.fine_tuning:
+            print()
+            print(format_fine_tuning(result))
     if cfg.plot is not None:
         plot_curves(result, cfg.plot)
         _log(cfg, f"wrote {cfg.plot}")

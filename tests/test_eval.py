@@ -24,6 +24,8 @@ TINY = [
     "--episodes-per-task", "2",
     "--pretrain-iterations", "2",
     "--pretrain-tasks", "2",
+    "--baseline-tasks", "2",
+    "--baseline-lr-scales", "1", "10",
 ]  # fmt: skip
 
 
@@ -86,9 +88,15 @@ def test_eval_table_and_plot(
     png = tmp_path / "curves" / "nav.png"
     cli_main(["eval", str(nav_checkpoint), *TINY, "--plot", str(png), "--quiet"])
     captured = capsys.readouterr()
-    lines = captured.out.splitlines()
+    table, grids = captured.out.split("\n\n")
+    lines = table.splitlines()
     assert lines[1].split()[:2] == ["method", "0"]
     assert [line.split()[0] for line in lines[2:]] == ["maml", "pretrained", "random"]
+    grid_lines = grids.splitlines()
+    assert grid_lines[0].startswith("baselines' fine-tuning, chosen on 2 training tasks")
+    assert grid_lines[1].split()[:4] == ["pretrained", "lr", "own", "std"]
+    assert sum("*" in line for line in grid_lines) == 2  # one choice per baseline
+    assert grid_lines[-1].startswith("maml minus the best fine-tuned baseline: ")
     assert captured.err == ""
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
@@ -131,6 +139,7 @@ def test_bundled_navigation_checkpoint_adapts() -> None:
             seed=123,
             episodes_per_task=10,
             pretrain_iterations=1,
+            baseline_tasks=3,
             quiet=True,
         )
     )
@@ -143,3 +152,61 @@ def test_bundled_navigation_checkpoint_adapts() -> None:
 def test_missing_checkpoint_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="metarl train"):
         resolve_checkpoint(tmp_path / "nope")
+
+
+def test_baselines_fine_tuning_is_chosen_on_training_tasks_and_reported(
+    nav_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grid_flags = ["--baseline-lr-scales", "1", "10", "--baseline-stds", "0", "3"]
+    out = _eval_json(nav_checkpoint, capsys, "--seed", "5", *grid_flags)
+    ft = out["fine_tuning"]
+    assert isinstance(ft, dict) and ft["selection_tasks"] == 2
+    for method in ("pretrained", "random"):
+        grid = ft[method]["grid"]
+        # 2 learning rates (x the checkpoint's alpha 0.1) x 2 stds (own; 3 x the 0.1 half-width)
+        assert [(g["lr"], g["std"]) for g in grid] == [
+            (0.1, None), (1.0, None), (0.1, 0.3), (1.0, 0.3)
+        ]  # fmt: skip
+        best = max(grid, key=lambda g: g["score"])
+        assert (ft[method]["lr"], ft[method]["std"]) == (best["lr"], best["std"])
+    best_baseline = [max(p, r) for p, r in zip(out["returns"]["pretrained"],
+                                                out["returns"]["random"], strict=True)]  # fmt: skip
+    assert out["best_baseline"] == best_baseline
+    assert out["maml_minus_best_baseline"] == pytest.approx(
+        [m - b for m, b in zip(out["returns"]["maml"], best_baseline, strict=True)], abs=1e-3
+    )
+    # The choice depends on the training tasks only: the held-out seed's tasks are apart, and
+    # one grid point alone reproduces the chosen baseline's held-out curve.
+    chosen = ft["pretrained"]
+    only = [
+        "--baseline-lr-scales", str(chosen["lr"] / 0.1),
+        "--baseline-stds", "0" if chosen["std"] is None else str(chosen["std"] / 0.1),
+    ]  # fmt: skip
+    again = _eval_json(nav_checkpoint, capsys, "--seed", "5", *only)
+    assert again["returns"]["pretrained"] == out["returns"]["pretrained"]
+
+
+def test_cartpole_baselines_tune_only_the_learning_rate(tmp_path: Path) -> None:
+    from metarl.envs.cartpole_family import BatchedCartPoleFamily
+
+    spec = policies.PolicySpec.for_spaces(
+        BatchedCartPoleFamily.observation_space,
+        BatchedCartPoleFamily.action_space,
+        hidden_sizes=(4,),
+    )
+    ckpt = Checkpoint(
+        name="cp-test", version="1", env_id="metarl/CartPoleFamily-v0", spec=spec,
+        inner_loop=InnerLoopConfig(lr=0.5),
+        params=policies.init_params(spec, torch.Generator().manual_seed(0)),
+    )  # fmt: skip
+    result = evaluate(
+        EvalConfig(
+            checkpoint=tmp_path, tasks=2, adapt_steps=1, episodes_per_task=2,
+            pretrain_iterations=1, pretrain_tasks=2, baseline_tasks=2,
+            baseline_lr_scales=(1.0, 2.0), quiet=True,
+        ),
+        ckpt,
+    )  # fmt: skip
+    for ft in result.fine_tuning.values():
+        assert [(g["lr"], g["std"]) for g in ft.grid] == [(0.5, None), (1.0, None)]
+        assert ft.std is None
