@@ -37,14 +37,13 @@ test-slow: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/metarl demo
 
-# Retrains the checkpoints shipped in metarl/data/checkpoints (the README records these commands).
+# Retrains the checkpoints shipped in metarl/data/checkpoints with each family's default preset
+# (metarl/presets/<family>.toml: the one place their settings live; the README records these).
 bundle-checkpoints: $(STAMP)
-	$(BIN)/metarl train --env metarl/CartPoleFamily-v0 --iterations 300 --seed 1 \
+	$(BIN)/metarl train --env metarl/CartPoleFamily-v0 --seed 1 \
 	  --out metarl/data/checkpoints/cartpole-family/1 --name cartpole-family --version 1 \
 	  --metrics-csv runs/cartpole-family-1.metrics.csv
-	$(BIN)/metarl train --env metarl/Navigation2D-v0 --iterations 1000 --seed 1 \
-	  --hidden-sizes 32 32 --init-log-std -2 --inner-lr 0.01 --gae-lambda 0.9 \
-	  --episodes-per-task 20 --meta-batch-size 20 --outer adam --outer-lr 0.003 \
+	$(BIN)/metarl train --env metarl/Navigation2D-v0 --seed 1 \
 	  --out metarl/data/checkpoints/navigation-2d/1 --name navigation-2d --version 1 \
 	  --metrics-csv runs/navigation-2d-1.metrics.csv
 

@@ -3,13 +3,15 @@
     .venv/bin/python benchmarks/adaptation_quality.py                 # every registered family
     .venv/bin/python benchmarks/adaptation_quality.py --families navigation cartpole
 
-For each family this runs ``metarl.train.train`` with the preset below (timed, wall clock), then
+For each family this runs ``metarl.train.train`` with its preset (``metarl/presets/<family>.toml``,
+``default`` or ``--preset NAME``; timed, wall clock), then
 ``metarl.eval.evaluate`` on ``--tasks`` held-out tasks drawn with ``--eval-seed`` (a stream
 training never sees): mean return after 0..K inner steps of the meta-trained θ (``maml``), of a
 policy trained on all tasks jointly (``pretrained``: multi-task REINFORCE with Adam, by default
 as many updates as MAML's training) and of a random initialization (``random``), each
-fine-tuned with the same inner steps on the same episodes' random streams. It prints one table
-per family, a summary, and the targets of issue 3:
+fine-tuned with the same inner steps on the same episodes' random streams, the baselines with the
+learning rate and exploration std that ``metarl eval`` chose for them on training tasks. It prints
+one table per family with the baselines' grids, a summary, and the targets of issue 3:
 
 * Navigation2D: return after 1 inner step >= -10 on 40 held-out tasks, training <= 300 s;
 * CartPole family: adapted return (1 step) >= 1.5 x unadapted;
@@ -27,57 +29,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from metarl import envs
-from metarl.eval import EvalConfig, EvalResult, evaluate, format_table
+from metarl import config, envs
+from metarl.eval import EvalConfig, EvalResult, evaluate, format_fine_tuning, format_table
 from metarl.train import TrainConfig, train
 
-# The presets: the hyperparameters found to meet the targets within the time budget on this
-# 2-core machine (see the README's "Task families and evaluation" section for how).
-PRESETS: dict[str, dict[str, Any]] = {
-    "navigation": dict(
-        env="metarl/Navigation2D-v0",
-        iterations=1000,
-        meta_batch_size=20,
-        episodes_per_task=20,
-        hidden_sizes=(32, 32),
-        init_log_std=-2.0,
-        inner_lr=0.01,
-        gae_lambda=0.9,
-        outer="adam",
-        outer_lr=0.003,
-    ),
-    "cartpole": dict(
-        env="metarl/CartPoleFamily-v0",
-        iterations=300,
-        meta_batch_size=20,
-        episodes_per_task=10,
-        hidden_sizes=(64,),
-        inner_lr=1.0,
-        outer="adam",
-        outer_lr=0.01,
-    ),
-    "pendulum": dict(
-        env="metarl/PendulumFamily-v0",
-        iterations=300,
-        meta_batch_size=20,
-        episodes_per_task=10,
-        hidden_sizes=(64, 64),
-        inner_lr=0.01,
-        outer="adam",
-        outer_lr=0.003,  # 0.01 peaked near iteration 140, then fell apart by 200 (-969 held out)
-    ),
-    "half-cheetah-vel": dict(
-        env="metarl/HalfCheetahVel-v0",
-        iterations=300,
-        meta_batch_size=10,
-        episodes_per_task=10,
-        hidden_sizes=(64, 64),
-        inner_lr=0.05,
-        # The paper's outer loop: Adam at 0.01 oscillated between -165 and -235 for 300
-        # iterations; TRPO's bounded steps climb steadily (bfloat16 curvature: same steps, faster).
-        outer="trpo",
-        curvature_dtype="bfloat16",
-    ),
+# The families this benchmark runs; each trains with its preset in metarl/presets/<family>.toml
+# (`default` unless --preset says otherwise), the settings `metarl train --env ID` uses.
+FAMILIES: dict[str, str] = {
+    "navigation": "metarl/Navigation2D-v0",
+    "cartpole": "metarl/CartPoleFamily-v0",
+    "pendulum": "metarl/PendulumFamily-v0",
+    "half-cheetah-vel": "metarl/HalfCheetahVel-v0",
 }
 NAV_TARGET_RETURN = -10.0
 NAV_TIME_BUDGET_S = 300.0
@@ -86,11 +48,11 @@ CARTPOLE_RATIO = 1.5
 
 def available() -> list[str]:
     registered = set(envs.registered_families())
-    return [name for name, p in PRESETS.items() if p["env"] in registered]
+    return [name for name, env in FAMILIES.items() if env in registered]
 
 
 def run_family(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    preset = dict(PRESETS[name])
+    preset = config.load_preset(FAMILIES[name], args.preset)
     if args.iterations_scale != 1.0:
         preset["iterations"] = max(1, round(preset["iterations"] * args.iterations_scale))
     out = args.out / name
@@ -158,9 +120,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--families",
         nargs="+",
-        choices=list(PRESETS),
+        choices=list(FAMILIES),
         default=None,
         help="families to run (default: every preset whose env is registered)",
+    )
+    parser.add_argument(
+        "--preset",
+        default=config.DEFAULT_PRESET,
+        help="named preset of each family (metarl/presets/<family>.toml); families without it "
+        "are skipped",
     )
     parser.add_argument("--seed", type=int, default=1, help="training seed")
     parser.add_argument("--eval-seed", type=int, default=1000, help="seed of the held-out tasks")
@@ -187,15 +155,19 @@ def main(argv: list[str] | None = None) -> None:
     families = args.families or available()
     runs = []
     for name in families:
-        if PRESETS[name]["env"] not in envs.registered_families():
+        if FAMILIES[name] not in envs.registered_families():
             hint = "HalfCheetahVel needs `pip install 'metarl[mujoco]'`"
-            print(f"[{name}] skipped: {PRESETS[name]['env']} is not registered ({hint})",
+            print(f"[{name}] skipped: {FAMILIES[name]} is not registered ({hint})",
                   file=sys.stderr)  # fmt: skip
+            continue
+        if args.preset not in config.preset_names(FAMILIES[name]):
+            print(f"[{name}] skipped: it has no preset {args.preset!r}", file=sys.stderr)
             continue
         run = run_family(name, args)
         runs.append(run)
         print(f"\n== {name}: trained {run['train_seconds']:.0f} s, {run['train_config']}")
         print(format_table(run["result"]))
+        print(format_fine_tuning(run["result"]))
         for text, ok in targets(run):
             print(f"  target {'met ' if ok else 'MISSED'}  {text}")
         sys.stdout.flush()

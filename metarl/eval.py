@@ -377,6 +377,8 @@ def format_fine_tuning(result: EvalResult) -> str:
         lrs = list(dict.fromkeys(g["lr"] for g in ft.grid))
         score = {(g["lr"], g["std"]): g["score"] for g in ft.grid}
         header = [f"{method} lr", *("own std" if s is None else f"std {s:g}" for s in stds)]
+        if stds == [None]:  # categorical: the learning rate alone
+            header[1] = "score"
         rows = [
             [f"{lr:g}"]
             + [f"{score[lr, s]:.2f}" + ("*" if (lr, s) == (ft.lr, ft.std) else "") for s in stds]
