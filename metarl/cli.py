@@ -1,4 +1,4 @@
-"""The ``metarl`` command: ``train``, ``eval``, ``serve``, ``demo``.
+"""The ``metarl`` command: ``train``, ``eval``, ``serve``, ``demo``, ``publish``.
 
 A user's mistake (a :class:`metarl.errors.UserError`, a refused configuration, an unusable
 checkpoint) ends in ONE line on stderr, ``metarl <command>: error: <what and the way out>``, and a
@@ -97,20 +97,27 @@ def _run(args: list[str]) -> None:
         # The family's preset, then --config, then the flags (metarl.config); one line, exit 2,
         # for a refused value.
         from metarl.config import parse_train_args
-        from metarl.train import train
+        from metarl.trainer_state import train_or_exit
 
         train_cfg = parse_train_args(args[1:], prog="metarl train")
-        ckpt = train(train_cfg)
+        ckpt = train_or_exit(train_cfg)  # Ctrl-C: a resumable state, exit 130
         report_checkpoint(train_cfg.out, ckpt)
         return
 
     from metarl.demo import DemoConfig
     from metarl.eval import EvalConfig
+    from metarl.publish import PublishConfig
     from metarl.train import TrainConfig
     from metarl_server.app import ServeConfig
 
     cfg = tyro.extras.subcommand_cli_from_dict(
-        {"train": TrainConfig, "eval": EvalConfig, "serve": ServeConfig, "demo": DemoConfig},
+        {
+            "train": TrainConfig,
+            "eval": EvalConfig,
+            "serve": ServeConfig,
+            "demo": DemoConfig,
+            "publish": PublishConfig,
+        },
         args=args,
         prog="metarl",
         description="Meta-train, evaluate, serve and try adaptable RL policies. A mistake ends "
@@ -125,6 +132,10 @@ def _run(args: list[str]) -> None:
         from metarl.eval import run_eval
 
         run_eval(cfg)
+    elif isinstance(cfg, PublishConfig):
+        from metarl.publish import run_publish
+
+        run_publish(cfg)
     elif isinstance(cfg, ServeConfig):  # (only reached through an abbreviated argv)
         from metarl_server.app import serve
 

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from metarl import config, envs, inner_loop, policies
+from metarl import config, envs, inner_loop, policies, trainer_state
 from metarl.algorithms import distributed, maml, metasgd, trpo
-from metarl.checkpoint import Checkpoint, save_checkpoint
+from metarl.checkpoint import Checkpoint
 from metarl.inner_loop import InnerLoopConfig
 from metarl.policies import Params
 from metarl.sampling import episode_returns, sample_episodes
@@ -72,6 +72,13 @@ class TrainConfig:
     words, acme/MyRobot2D-v3 -> my-robot-2d)."""
     version: str = ""
     """Version label in the manifest; empty for a UTC timestamp."""
+    init_from: str | None = None
+    """Warm start: begin from this checkpoint's theta (and Meta-SGD's rates) instead of a fresh
+    initialization: a checkpoint directory, ``MODEL_DIR/<name>`` (its newest version) or a bundled
+    ``<name>/<version>``. Its task family and architecture must be this run's."""
+    resume: Path | None = None
+    """Continue the run whose checkpoint is this directory (an earlier ``--out``) from the trainer
+    state saved beside it, with that run's settings; ``--iterations`` may extend it."""
     algo: Literal["maml", "fomaml", "metasgd"] = "maml"
     """``maml``: second order, through the inner loop; ``fomaml``: first-order approximation;
     ``metasgd``: second order, with per-parameter inner learning rates learned too."""
@@ -169,19 +176,25 @@ def detached(params: Params) -> Params:
 
 
 def train(cfg: TrainConfig) -> Checkpoint:
+    resumed = trainer_state.resolve_resume(cfg)  # --resume: the run's settings and state
     ctx = distributed.init()
     threads = cfg.threads or distributed.default_threads(ctx)
     workers = ThreadPoolExecutor(threads, "metarl-train") if threads > 1 else None
     try:
-        return _train(cfg, ctx, workers, threads)
+        return _train(cfg, ctx, workers, threads, resumed)
     finally:
+        trainer_state.restore_signal_handlers()
         if workers is not None:
             workers.shutdown()
         distributed.shutdown(ctx)
 
 
 def _train(
-    cfg: TrainConfig, ctx: distributed.Context, workers: Executor | None, threads: int
+    cfg: TrainConfig,
+    ctx: distributed.Context,
+    workers: Executor | None,
+    threads: int,
+    resumed: trainer_state.TrainerState | None = None,
 ) -> Checkpoint:
     if not 0 < cfg.cg_subsample <= 1:
         raise ValueError(f"--cg-subsample must be in (0, 1], got {cfg.cg_subsample}")
@@ -264,10 +277,17 @@ def _train(
             "config": config.to_dict(cfg),
         },
     )
-    log = _MetricsLog(cfg) if ctx.is_main else None
-    bar = tqdm(
-        range(1, cfg.iterations + 1), disable=not (cfg.progress and ctx.is_main), desc="meta-train"
+    # A resumed run's state, or --init-from's theta; then saves also write the trainer state and
+    # SIGINT / SIGTERM stop with a resumable one (metarl.trainer_state).
+    run = trainer_state.Run(
+        cfg, ckpt, theta, rates, optimizer, resumed, is_main=ctx.is_main, spec=spec
     )
+    log = _MetricsLog(cfg, run.metrics_offset, run.start) if ctx.is_main else None
+    run.watch(log)
+    bar = tqdm(
+        range(run.start + 1, cfg.iterations + 1), initial=run.start, total=cfg.iterations,
+        disable=not (cfg.progress and ctx.is_main), desc="meta-train",
+    )  # fmt: skip
     for it in bar:
         start = time.perf_counter()
         # 1. This iteration's tasks (the same draw in every process) and this process's share.
@@ -316,6 +336,7 @@ def _train(
         grad = meta.grad()
         outer_loss = meta.reinforce_loss()
 
+        run.begin_update()  # from here to end_update, a signal waits for the save
         # 5. The outer update: Adam on the post-update loss, or a TRPO step.
         kl, ls_steps = float("nan"), 0
         if optimizer is not None:
@@ -365,7 +386,8 @@ def _train(
                 shown["kl"] = f"{kl:.4f}"
             bar.set_postfix(shown)
             if it % cfg.save_every == 0 or it == cfg.iterations:
-                save_checkpoint(ckpt, cfg.out)
+                run.save(it)  # the checkpoint and the trainer state
+        run.end_update(it)
     if log is not None:
         log.close()
     return ckpt
@@ -383,17 +405,26 @@ def unflatten_list(vector: torch.Tensor, like: list[torch.Tensor]) -> list[torch
 class _MetricsLog:
     """Per-iteration metrics: a CSV, and TensorBoard scalars when tensorboard is installed."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
-        path = cfg.metrics_csv or cfg.out.with_name(cfg.out.name + ".metrics.csv")
+    def __init__(self, cfg: TrainConfig, resume_at: int | None = None, start: int = 0) -> None:
+        self.path = path = cfg.metrics_csv or cfg.out.with_name(cfg.out.name + ".metrics.csv")
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = path.open("w", newline="")
-        self._csv = csv.writer(self._fh)
-        self._csv.writerow(METRICS)
+        if resume_at is not None and path.is_file():  # a resumed run: its rows through `start`
+            self._fh = path.open("r+", newline="")
+            self._fh.truncate(resume_at)
+            self._fh.seek(resume_at)
+            self._csv = csv.writer(self._fh)
+        else:
+            self._fh = path.open("w", newline="")
+            self._csv = csv.writer(self._fh)
+            self._csv.writerow(METRICS)
         self._tb: Any = None
         if cfg.tensorboard and importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(cfg.out.with_name(cfg.out.name + ".tensorboard")))
+            self._tb = SummaryWriter(
+                str(cfg.out.with_name(cfg.out.name + ".tensorboard")),
+                purge_step=start + 1 if start else None,  # a resumed run replaces later events
+            )
 
     def write(self, row: dict[str, Any]) -> None:
         self._csv.writerow([_fmt(row[k]) for k in METRICS])
@@ -402,6 +433,10 @@ class _MetricsLog:
             for k in METRICS[1:]:
                 if isinstance(row[k], float) and np.isfinite(row[k]):
                     self._tb.add_scalar(f"train/{k}", row[k], row["iteration"])
+
+    def position(self) -> int:
+        """Bytes written so far (what a resumed run truncates the CSV to)."""
+        return self._fh.tell()
 
     def close(self) -> None:
         self._fh.close()
@@ -419,7 +454,7 @@ def main() -> None:
     import sys
 
     cfg = config.parse_train_args(sys.argv[1:], prog="python -m metarl.train")
-    ckpt = train(cfg)
+    ckpt = trainer_state.train_or_exit(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote checkpoint {cfg.out} (policy {ckpt.name} version {ckpt.version})")
 

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["newest_version", "sorted_versions", "version_key"]
+__all__ = ["is_timestamp", "newest_version", "sorted_versions", "version_key"]
 
 VersionKey = tuple[tuple[tuple[int, int, str], ...], str]
 
@@ -64,6 +64,11 @@ def _as_time(version: str) -> str | None:
         hours, minutes = int(tz[1:3]), int(tz[-2:])
         t -= sign * timedelta(hours=hours, minutes=minutes)
     return t.replace(tzinfo=timezone.utc).strftime("%Y%m%dT%H%M%S.%f")
+
+
+def is_timestamp(version: str) -> bool:
+    """Whether ``version`` is a date, or a date and time (it then sorts in time order)."""
+    return _as_time(version) is not None
 
 
 def version_key(version: str) -> VersionKey:
