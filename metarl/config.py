@@ -46,6 +46,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from metarl.errors import UsageError, debug_requested
+
 if TYPE_CHECKING:
     from metarl.train import TrainConfig
 
@@ -55,11 +57,11 @@ _FILE_KEYS = {"env", "install"}
 """Top-level keys of a preset file besides its preset tables."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A refused configuration: unknown key, wrong type, out-of-range value, unreadable file.
 
     The message is one line that names the source (file or flag), the key and what is allowed;
-    the command line prints it without a traceback and exits with status 2."""
+    the command line prints it without a traceback (unless ``--debug``) and exits with status 2."""
 
 
 # -- the keys and what each accepts ------------------------------------------------------------
@@ -519,6 +521,8 @@ def parse_train_args(argv: Sequence[str], prog: str = "metarl train") -> TrainCo
     try:
         resolved = resolve(argv, prog)
     except ConfigError as exc:
+        if debug_requested([*argv, *sys.argv[1:]]):  # (`metarl` strips --debug from argv)
+            raise
         print(f"{prog}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     if int(os.environ.get("RANK", "0")) == 0:

@@ -42,6 +42,7 @@ from metarl import envs, inner_loop, policies
 from metarl.checkpoint import Checkpoint, load_checkpoint
 from metarl.checkpoint_paths import resolve_checkpoint as _resolve
 from metarl.envs.base import BatchedTaskEnv, Task
+from metarl.errors import UsageError
 from metarl.inner_loop import InnerLoopConfig
 from metarl.policies import Params, PolicySpec
 from metarl.sampling import episode_returns, sample_episodes
@@ -281,12 +282,12 @@ def evaluate(cfg: EvalConfig, ckpt: Checkpoint | None = None) -> EvalResult:
     episodes = cfg.episodes_per_task or int(ckpt.training.get("episodes_per_task", 20))
 
     if cfg.baseline_tasks < 1 or not cfg.baseline_lr_scales or not cfg.baseline_stds:
-        raise ValueError(
+        raise UsageError(
             "--baseline-tasks must be at least 1 and --baseline-lr-scales and --baseline-stds "
             "need at least one value each"
         )
     if any(s <= 0 for s in cfg.baseline_lr_scales) or any(s < 0 for s in cfg.baseline_stds):
-        raise ValueError("--baseline-lr-scales must be > 0 and --baseline-stds >= 0")
+        raise UsageError("--baseline-lr-scales must be > 0 and --baseline-stds >= 0")
     # Independent streams: held-out tasks, episodes (shared by every method), baselines, and
     # the training tasks the baselines' fine-tuning is chosen on (children 0-3 are as before).
     streams = np.random.SeedSequence(cfg.seed).spawn(5)
