@@ -17,56 +17,17 @@ from typing import Any
 
 import tyro
 
-from metarl.errors import UserError
-
-DEBUG_ENV = "METARL_DEBUG"
-INTERRUPTED = 130
-"""Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
-_USER_ERRORS = {
-    # Errors of other modules that are the user's to fix, and their exit status; looked up only
-    # when their module is already imported (the serving process never imports torch).
-    ("metarl.config", "ConfigError"): 2,
-    ("metarl.checkpoint", "CheckpointError"): 1,
-    ("metarl.lineage", "WarmStartError"): 2,
-}
+from metarl.errors import UserError, debug_requested, reported
 
 
 def main(argv: list[str] | None = None) -> None:
     """Runs one ``metarl`` command; see the module doc for how errors end."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    debug = debug_requested(args)
     args = [a for a in args if a != "--debug"]
     prog = "metarl" + (f" {args[0]}" if args[:1] and not args[0].startswith("-") else "")
-    try:
+    with reported(prog, debug):
         _run(args)
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        print(f"\n{prog}: interrupted", file=sys.stderr)
-        raise SystemExit(INTERRUPTED) from None
-    except Exception as exc:
-        status = None if debug else user_error_status(exc)
-        if status is None:
-            raise
-        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
-        raise SystemExit(status) from None
-
-
-def user_error_status(exc: BaseException) -> int | None:
-    """The exit status of a user's mistake, or None for anything else (a bug)."""
-    if isinstance(exc, UserError):
-        return exc.exit_code
-    for (module, name), status in _USER_ERRORS.items():
-        cls = getattr(sys.modules.get(module), name, None)
-        if isinstance(cls, type) and isinstance(exc, cls):
-            return int(getattr(exc, "exit_code", status))
-    return None
-
-
-def one_line(exc: BaseException) -> str:
-    """The message of ``exc`` on one line."""
-    text = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
-    return " ".join(text.split()) or type(exc).__name__
 
 
 def report_checkpoint(out: Path, ckpt: Any) -> None:

@@ -6,12 +6,15 @@ few episodes, send those episodes to Adapt, act again with the adapted parameter
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import gymnasium as gym
 
 from metarl import envs
+from metarl.errors import UsageError, UserError
 from metarl_client import PolicyClient
+from metarl_client.errors import Unavailable
 from metarl_client.helpers import mean_return, rollout
 
 
@@ -42,12 +45,29 @@ def run_demo(cfg: DemoConfig) -> tuple[float, float]:
         server, port = create_server("127.0.0.1:0", build_registry(ServeConfig()))
         server.start()
         target = f"127.0.0.1:{port}"
-        print(f"started a policy server on {target} with the bundled policies")
+        started = time.perf_counter()
+        # The adaptation worker (a process importing torch, then a warm-up adaptation) starts
+        # in the background; wait for it, so the first Adapt's time is an adaptation's.
+        server.adapter.start()
+        print(
+            f"started a policy server on {target} with the bundled policies (adaptation worker "
+            f"ready in {time.perf_counter() - started:.1f} s)"
+        )
     try:
         with PolicyClient(target) as client:
-            info = {p.name: p for p in client.list_policies()}
+            try:
+                info = {p.name: p for p in client.list_policies()}
+            except Unavailable as exc:
+                raise UserError(
+                    f"no policy server answers at {target} ({exc}): start one with `metarl "
+                    "serve` (or leave out --target to start one in this process)"
+                ) from None
             if cfg.policy not in info:
-                raise SystemExit(f"the server has no policy {cfg.policy!r}: it has {sorted(info)}")
+                raise UsageError(
+                    f"--policy {cfg.policy}: the server at {target} has no such policy (it has "
+                    f"{', '.join(sorted(info)) or 'none'}); pass one of those, or serve yours "
+                    "with `metarl serve --checkpoint DIR`"
+                )
             policy = info[cfg.policy]
             print(
                 f"policy {policy.name} version {policy.latest_version} ({policy.env_id}), "

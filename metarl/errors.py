@@ -13,6 +13,22 @@ client-side paths raise these too.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+DEBUG_ENV = "METARL_DEBUG"
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
+_USER_ERRORS = {
+    # Errors of other modules that are the user's to fix, and their exit status; looked up only
+    # when their module is already imported (the serving process never imports torch).
+    ("metarl.config", "ConfigError"): 2,
+    ("metarl.checkpoint", "CheckpointError"): 1,
+    ("metarl.lineage", "WarmStartError"): 2,
+}
+
 
 class UserError(Exception):
     """A mistake the user can fix, or a condition outside the program; exit status 1."""
@@ -28,3 +44,45 @@ class UsageError(UserError):
 
 class NotFoundError(UsageError):
     """A path, checkpoint or bundled policy that does not exist (a usage error: exit status 2)."""
+
+
+def debug_requested(args: list[str]) -> bool:
+    """``--debug`` among ``args``, or ``METARL_DEBUG`` set (and not 0)."""
+    return "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def user_error_status(exc: BaseException) -> int | None:
+    """The exit status of a user's mistake, or None for anything else (a bug)."""
+    if isinstance(exc, UserError):
+        return exc.exit_code
+    for (module, name), status in _USER_ERRORS.items():
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return int(getattr(exc, "exit_code", status))
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line."""
+    text = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+@contextlib.contextmanager
+def reported(prog: str, debug: bool = False) -> Iterator[None]:
+    """Ends a user's mistake raised inside as ``<prog>: error: <message>`` on stderr and its exit
+    status, Ctrl-C as ``<prog>: interrupted`` and status 130; with ``debug``, or for any other
+    exception (a bug), the exception goes on with its traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
+    except Exception as exc:
+        status = None if debug else user_error_status(exc)
+        if status is None:
+            raise
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        raise SystemExit(status) from None

@@ -7,12 +7,16 @@ import sys
 
 import tyro
 
+from metarl.errors import debug_requested, reported
 from metarl_server.app import ServeConfig, serve
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = tyro.cli(ServeConfig, args=sys.argv[1:] if argv is None else argv, prog="metarl_server")
-    serve(cfg)
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(args)
+    args = [a for a in args if a != "--debug"]
+    with reported("metarl_server", debug):  # a user's mistake: one line, as `metarl serve`
+        serve(tyro.cli(ServeConfig, args=args, prog="metarl_server"))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib.util
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -21,13 +22,16 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import grpc
 import numpy as np
+import tyro
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from metarl.checkpoint_paths import bundled_checkpoints_dir, bundled_policies, resolve_checkpoint
+from metarl.errors import NotFoundError, UsageError, UserError
 from metarl_client.proto.metarl.v1 import admin_service_pb2 as admin_pb
 from metarl_client.proto.metarl.v1 import admin_service_pb2_grpc as admin_grpc
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
@@ -90,11 +94,16 @@ class ServeConfig:
     """Serve meta-trained policies over gRPC (health, reflection and the admin service included).
     Every option can also be set by an environment variable METARL_<OPTION> (e.g. METARL_PORT)."""
 
-    checkpoint: list[Path] | None = field(default_factory=env("checkpoint", None, _parse_paths))
-    """Checkpoint directories to serve; with neither this nor --model-dir, the bundled policies.
-    (METARL_CHECKPOINT: paths separated by ':')"""
+    checkpoint: Annotated[list[Path], tyro.conf.UseAppendAction] = field(
+        default_factory=lambda: list(_from_env("checkpoint", [], _parse_paths))
+    )
+    """A checkpoint to serve: a directory written by `metarl train`, or a bundled policy's
+    <name>/<version> (cartpole-family/1); repeat the flag to serve several. With neither this
+    nor --model-dir, the bundled policies. (METARL_CHECKPOINT: paths separated by ':')"""
     model_dir: Path | None = field(default_factory=env("model_dir", None, Path))
-    """A directory of ``<name>/<version>/`` checkpoints, watched for new versions while serving."""
+    """A directory of ``<name>/<version>/`` checkpoints, watched for new versions while serving;
+    each is served under the name and version of its path (models/mine/1: policy 'mine' version
+    '1'), whatever its manifest says. An empty one is waited on until a checkpoint appears."""
     poll_interval: float = field(default_factory=env("poll_interval", 5.0))
     """Seconds between scans of --model-dir for new versions (0: only on the ReloadModels RPC)."""
     host: str = field(default_factory=env("host", "[::]"))
@@ -224,11 +233,33 @@ def _token_lines(path: Path, flag: str, max_fields: int) -> list[list[str]]:
 # -- building ------------------------------------------------------------------------------------
 
 
-def bundled_checkpoints_dir() -> Path:
-    """``metarl/data/checkpoints``, found without importing ``metarl.checkpoint`` (torch)."""
-    spec = importlib.util.find_spec("metarl")
-    assert spec is not None and spec.submodule_search_locations
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / "checkpoints"
+class BindError(UserError, OSError):
+    """The server's address cannot be bound (a port in use, an address not of this host)."""
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on, or None. A plain socket tries first, so a busy
+    port is one line that says what to do rather than gRPC core's log and a traceback."""
+    if port == 0:
+        return None
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        return f"--host {host}: cannot resolve it ({exc.strerror}); pass an address of this host"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+        try:
+            probe.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} is already in use on {host} (another metarl serve?): stop "
+                    "that process, or pass another --port (0 picks a free one)"
+                )
+            return f"cannot listen on {host}:{port} ({exc.strerror}): pass another --host or --port"
+    return None
 
 
 def build_registry(cfg: ServeConfig, loader: Loader | None = None) -> PolicyRegistry:
@@ -483,9 +514,17 @@ def create_server(
         server,
     )
     creds = _credentials(cfg)
-    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    try:
+        port = (
+            server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+        )
+    except RuntimeError:  # grpcio >= 1.6x raises where it used to return 0
+        port = 0
     if port == 0:
-        raise OSError(f"could not bind {address}")
+        raise BindError(
+            f"cannot listen on {address}: the port is in use or the address is not this host's; "
+            "pass another --port (0 picks a free one) or --host"
+        )
     wrapper = Server(server, port, cfg, service, health_servicer, metrics, adapter, owns_adapter)
     wrapper.guard = guard
     wrapper.set_serving(len(registry) > 0)
@@ -519,9 +558,16 @@ def serve(cfg: ServeConfig) -> None:
         log.info("received %s: draining", signal.Signals(signum).name)
         stop.set()
 
+    # A user's mistake is one line before anything starts: a missing checkpoint or model
+    # directory, a busy port.
+    sources = _check_sources(cfg)
+    problem = _bind_problem(cfg.host, cfg.port)
+    if problem:
+        raise BindError(problem)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    log.info("loading %s", sources)
     adapter = Adapter(cfg.adapt_processes, cfg.threads, cfg.max_pending_adaptations)
     try:
         registry = PolicyRegistry(adapter.load)
@@ -530,7 +576,6 @@ def serve(cfg: ServeConfig) -> None:
         adapter.close()
         raise
     server.start()  # health NOT_SERVING until the workers are up and the policies loaded
-    print(f"metarl server listening on port {port}", flush=True)
     try:
         started = time.perf_counter()
         adapter.start()
@@ -538,11 +583,30 @@ def serve(cfg: ServeConfig) -> None:
         loaded = build_into(registry, cfg)
     except Exception as exc:
         server.stop(0).wait()
-        raise SystemExit(f"could not load the policies: {exc}") from None
+        raise UserError(f"could not load the policies: {exc}") from None
+    if not loaded and cfg.model_dir is not None:
+        # Watched: the maintenance thread (or ReloadModels) loads what appears.
+        log.info(
+            "waiting for checkpoints in %s (as <name>/<version>/ directories: %s); "
+            "bound to %s:%d, answering UNAVAILABLE until then",
+            cfg.model_dir,
+            f"scanned every {cfg.poll_interval:g} s"
+            if cfg.poll_interval > 0
+            else "loaded on the admin ReloadModels call",
+            cfg.host,
+            port,
+        )
+        while not len(registry) and not stop.wait(0.2):
+            pass
+        loaded = len(registry)
     if not loaded:
         server.stop(0).wait()
-        raise SystemExit("no policy could be loaded: check --checkpoint / --model-dir")
+        if stop.is_set():
+            log.info("stopped before any policy was loaded")
+            return
+        raise UserError("no policy could be loaded: see the log lines above")
     server.set_serving(True)
+    print(f"metarl server listening on port {port}", flush=True)
     names = ", ".join(f"{v[-1].name}@{v[-1].version}" for v in registry.list())
     log.info(
         "serving %s on %s:%d (pid %d, %s, auth %s)",
@@ -578,11 +642,43 @@ def _auth_summary(cfg: ServeConfig) -> str:
     )
 
 
+def _check_sources(cfg: ServeConfig) -> str:
+    """What ``cfg`` serves, in words for the log; raises a :class:`NotFoundError` (one line)
+    for a ``--checkpoint`` or ``--model-dir`` that does not exist."""
+    parts = []
+    for given in cfg.checkpoint or ():
+        path = resolve_checkpoint(given)
+        if not (path / "manifest.json").is_file():
+            raise UsageError(
+                f"--checkpoint {given}: is not a checkpoint (no manifest.json in it); pass a "
+                "directory written by `metarl train` (a directory of <name>/<version>/ "
+                "checkpoints is --model-dir)"
+            )
+        parts.append(f"checkpoint {path}")
+    if cfg.model_dir is not None:
+        if not cfg.model_dir.exists():
+            raise NotFoundError(
+                f"--model-dir {cfg.model_dir}: does not exist; create it (an empty one is "
+                "watched until checkpoints appear) or fix the path"
+            )
+        if not cfg.model_dir.is_dir():
+            raise UsageError(
+                f"--model-dir {cfg.model_dir}: is not a directory; pass a directory of "
+                "<name>/<version>/ checkpoints (a single checkpoint: --checkpoint)"
+            )
+        parts.append(f"model directory {cfg.model_dir}")
+    if not parts:
+        return f"the bundled policies ({', '.join(bundled_policies())})"
+    return ", ".join(parts)
+
+
 def build_into(registry: PolicyRegistry, cfg: ServeConfig) -> int:
-    """Loads ``cfg``'s policies into ``registry``; returns how many versions are loaded."""
+    """Loads ``cfg``'s policies into ``registry``; returns how many versions are loaded. A
+    ``--checkpoint`` may be a bundled ``<name>/<version>``
+    (:func:`metarl.checkpoint_paths.resolve_checkpoint`)."""
     if cfg.checkpoint:
         for path in cfg.checkpoint:
-            registry.add_checkpoint(path)
+            registry.add_checkpoint(resolve_checkpoint(path))
     if cfg.model_dir:
         registry.load_model_dir(cfg.model_dir)
     if not cfg.checkpoint and not cfg.model_dir:

@@ -1,15 +1,18 @@
 """Loaded policies: named, versioned checkpoints, picked up while serving.
 
-A model directory holds ``<name>/<version>/`` checkpoints. :meth:`PolicyRegistry.scan` loads the
-ones it has not seen (the server calls it every ``--poll-interval`` seconds and on the admin
-``ReloadModels`` RPC): new sessions get a policy's newest version, existing sessions keep the
-version they were created on, and a version that is no longer the newest is unloaded once no
-session uses it. A checkpoint that fails verification (half-written, altered, malformed) is
-refused with one log line and retried only when its files change; serving goes on.
+A model directory holds ``<name>/<version>/`` checkpoints, each served under the name and version
+of its path (``models/mine/1``: policy ``mine`` version ``1``; a log line says when its manifest
+names it otherwise). :meth:`PolicyRegistry.scan` loads the ones it has not seen (the server
+calls it every ``--poll-interval`` seconds and on the admin ``ReloadModels`` RPC): new sessions
+get a policy's newest version, existing sessions keep the version they were created on, and a
+version that is no longer the newest is unloaded once no session uses it. A checkpoint that
+fails verification (half-written, altered, malformed) is refused with one log line and retried
+only when its files change; serving goes on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -190,8 +193,22 @@ class PolicyRegistry:
         """Loads the checkpoint at ``path``; raises ``CheckpointError`` if it is invalid."""
         return self._add(Path(path), pinned)[0]
 
-    def _add(self, path: Path, pinned: bool) -> tuple[PolicyVersion, bool]:
+    def _add(
+        self, path: Path, pinned: bool, *, layout: tuple[str, str] | None = None
+    ) -> tuple[PolicyVersion, bool]:
         ckpt = self.loader(path)
+        if layout is not None and (ckpt.name, ckpt.version) != layout:
+            # A model directory's <name>/<version>/ path is what its operator named it: serve
+            # it so (the manifest's name and version are the trainer's defaults).
+            log.info(
+                "%s: its manifest says policy %s version %s; serving it as policy %s version "
+                "%s, as its <name>/<version>/ place in the model directory says",
+                path,
+                ckpt.name,
+                ckpt.version,
+                *layout,
+            )
+            ckpt = dataclasses.replace(ckpt, name=layout[0], version=layout[1])
         arch = Arch.from_spec_dict(ckpt.spec)
         shapes = [(name, tuple(shape)) for name, shape in ckpt.param_shapes]
         if shapes != list(arch.param_shapes().items()):
@@ -242,7 +259,9 @@ class PolicyRegistry:
                         continue
                     self._seen[path] = fp
                     try:
-                        pv, new = self._add(path, pinned=False)
+                        pv, new = self._add(
+                            path, pinned=False, layout=(path.parent.name, path.name)
+                        )
                         if new:
                             result.loaded.append(pv)
                     except Exception as exc:  # CheckpointError, or anything a bad file causes
