@@ -4,8 +4,10 @@ INVALID_ARGUMENT, and no call answers OK with a non-finite action."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,13 +16,23 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from metarl.checkpoint import load_checkpoint, save_checkpoint
+from metarl.inner_loop import InnerLoopConfig
 from metarl_client.proto.metarl.v1 import admin_service_pb2 as admin_pb
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.tensors import to_tensor
-from metarl_server.app import ServeConfig, create_server
-from tests.server_support import admin_stub, create, episode_proto, serving, stub
+from metarl_server.app import ServeConfig, build_registry, create_server
+from tests.server_support import (
+    admin_stub,
+    create,
+    episode_proto,
+    make_checkpoint,
+    serving,
+    stub,
+)
 
 CARTPOLE = "cartpole-family"
 OBS = np.zeros(4, np.float32)
@@ -243,3 +255,164 @@ def test_sessions_belong_to_the_client_that_created_them(
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     text = caplog.text
     assert "session" in text and sid not in text and sid[:12] not in text
+
+
+# -- 4. never OK with a non-finite or absurd action -------------------------------------------
+
+
+def _nav_checkpoint(path: Path, log_std: float, inner_lr: float = 0.1) -> Path:
+    """The navigation checkpoint of the server tests with its log standard deviation set."""
+    make_checkpoint(path, inner=InnerLoopConfig(lr=inner_lr, steps=1))
+    ckpt = load_checkpoint(path)
+    params = {k: v.clone() for k, v in ckpt.params.items()}
+    params["log_std"] = torch.full_like(params["log_std"], log_std)
+    shutil.rmtree(path)
+    return save_checkpoint(dataclasses.replace(ckpt, params=params), path)
+
+
+def _nav_step(sid: str) -> pb.StreamActRequest:
+    return pb.StreamActRequest(session_id=sid, observation=to_tensor(np.zeros(2, np.float32)))
+
+
+def test_act_refuses_infinite_actions(tmp_path: Path) -> None:
+    # exp(100) overflows float32: every sampled action is infinite, its log-probability -200
+    registry = build_registry(ServeConfig(checkpoint=[_nav_checkpoint(tmp_path / "nav", 100.0)]))
+    with serving(registry, poll_interval=0) as (_srv, channel):
+        s = stub(channel)
+        sid = create(s, "nav")
+        obs = to_tensor(np.zeros(2, np.float32))
+        for many in (False, True):
+            req = pb.ActRequest(
+                session_id=sid,
+                observations=to_tensor(np.zeros((3, 2), np.float32)) if many else obs,
+            )
+            with pytest.raises(grpc.RpcError) as err:
+                s.Act(req, timeout=10)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "ResetSession" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            list(s.StreamAct(iter([_nav_step(sid)]), timeout=10))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # the mean is finite: a deterministic action is still served
+        s.Act(pb.ActRequest(session_id=sid, observations=obs, deterministic=True), timeout=10)
+
+
+def test_an_adaptation_to_an_absurd_policy_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    # θ's std is exp(9.9); one inner step on actions far from the mean whose rewards fall as
+    # they get farther pushes log_std to ~16.4 (std ~1.4e7) while every parameter stays finite
+    registry = build_registry(ServeConfig(checkpoint=[_nav_checkpoint(tmp_path / "nav", 9.9)]))
+    with serving(registry, poll_interval=0) as (_srv, channel):
+        s = stub(channel)
+        sid = create(s, "nav")
+        obs = np.random.default_rng(0).normal(size=(10, 2)).astype(np.float32)
+        acts = np.repeat(np.linspace(0, 6e5, 10, dtype=np.float32)[:, None], 2, 1)
+        rewards = np.linspace(1, -1, 10).astype(np.float32)
+        before = s.Act(
+            pb.ActRequest(session_id=sid, observations=to_tensor(obs), deterministic=True)
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            s.Adapt(
+                pb.AdaptRequest(session_id=sid, episodes=[episode_proto(obs, acts, rewards)]),
+                timeout=60,
+            )
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+        assert "log standard deviation" in err.value.details()
+        info = s.GetSession(pb.GetSessionRequest(session_id=sid)).session
+        assert info.adaptations == 0
+        after = s.Act(
+            pb.ActRequest(session_id=sid, observations=to_tensor(obs), deterministic=True)
+        )
+        assert after.actions.data == before.actions.data
+
+
+# -- 5. the smaller items ------------------------------------------------------------------------
+
+
+def test_malformed_requests_are_invalid_argument_without_a_traceback(
+    bundled_registry: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    groups = b"\x7b" * 200 + b"\x7c" * 200  # unknown groups nested past protobuf's limit of 100
+    bodies = [b"\xff\xff\xff", b"\x0a\x05ab", b"\x12\xff\xff\xff\xff\x0f", groups]
+    with serving(bundled_registry, poll_interval=0, auth_token="s3cret") as (_srv, channel):
+        md = _md("s3cret")
+        act = channel.unary_unary("/metarl.v1.PolicyService/Act")
+        stream = channel.stream_stream("/metarl.v1.PolicyService/StreamAct")
+        for body in bodies:
+            for invoke in (
+                lambda b, m: act(b, metadata=m, timeout=10),
+                lambda b, m: list(stream(iter([b]), metadata=m, timeout=10)),
+            ):
+                with pytest.raises(grpc.RpcError) as err:
+                    invoke(body, md)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "not a valid protobuf message" in err.value.details()
+                with pytest.raises(grpc.RpcError) as err:  # without the token: not even read
+                    invoke(body, _md("wrong"))
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "Traceback" not in caplog.text and "deserializ" not in caplog.text
+
+
+def test_cancelled_adapts_are_not_computed_and_sessions_do_not_expire_while_adapting(
+    tmp_path: Path,
+) -> None:
+    registry = build_registry(ServeConfig(checkpoint=[make_checkpoint(tmp_path / "nav")]))
+    rng = np.random.default_rng(0)
+    long = [
+        episode_proto(rng.normal(size=(1000, 2)), rng.normal(size=(1000, 2)), rng.normal(size=1000))
+        for _ in range(100)
+    ]
+    short = [episode_proto(np.zeros((3, 2)), np.zeros((3, 2)), [1.0, 0.0, 1.0])]
+    with serving(registry, poll_interval=0, session_ttl=0.5) as (server, channel):
+        s = stub(channel)
+        first = create(s, "nav")
+        s.Adapt(pb.AdaptRequest(session_id=first, episodes=short), timeout=60)  # warm
+        started = time.monotonic()
+        busy = s.Adapt.future(
+            pb.AdaptRequest(session_id=first, episodes=long, steps=10), timeout=60
+        )
+        time.sleep(0.3)  # the worker is busy with it
+        second = create(s, "nav")
+        waiting = s.Adapt.future(pb.AdaptRequest(session_id=second, episodes=short), timeout=60)
+        time.sleep(0.2)
+        waiting.cancel()
+        # the first session is idle far past its 0.5 s TTL while its own Adapt runs
+        assert busy.result().stats.steps == 10
+        # (the maintenance thread expires idle sessions every second)
+        assert time.monotonic() - started > 1.6, "the adaptation was too short to show it"
+        assert s.GetSession(pb.GetSessionRequest(session_id=first)).session.adaptations == 2
+        adaptations = server.metrics.adaptations
+        assert adaptations.labels("skipped")._value.get() == 1  # not computed
+        assert adaptations.labels("cancelled")._value.get() == 0
+        assert adaptations.labels("ok")._value.get() == 2  # the warm-up and the long one
+        assert server.metrics.adapt_seconds._sum.get() > 0.5
+
+
+def test_metrics_bind_the_host_address(bundled_registry: Any) -> None:
+    with serving(bundled_registry, poll_interval=0, host="127.0.0.1", metrics_port=0) as (
+        server,
+        _channel,
+    ):
+        assert server.metrics._http.server_address[0] == "127.0.0.1"
+
+
+def test_symlinks_out_of_the_model_dir_are_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    models, elsewhere = tmp_path / "models", tmp_path / "elsewhere"
+    make_checkpoint(models / "nav" / "1")
+    make_checkpoint(elsewhere / "2", version="2")
+    (models / "nav" / "2").symlink_to(elsewhere / "2")  # a version directory out of it
+    make_checkpoint(elsewhere / "3", version="3")
+    inside = models / "nav" / "3"
+    inside.mkdir()
+    for f in (elsewhere / "3").iterdir():  # a version whose files are links out of it
+        (inside / f.name).symlink_to(f)
+    (models / "nav" / "4").symlink_to(models / "nav" / "1")  # a link within it is fine
+    caplog.set_level(logging.WARNING)
+    registry = build_registry(ServeConfig(model_dir=models))
+    assert [pv.version for pv in registry.list()[0]] == ["4"]  # the newest of 1 and 4
+    refusals = [r.getMessage() for r in caplog.records if "symbolic link out of" in r.message]
+    assert len(refusals) == 2
+    assert any("nav/2" in m for m in refusals) and any("nav/3" in m for m in refusals)

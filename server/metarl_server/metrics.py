@@ -76,7 +76,9 @@ class Metrics:
         )
         self.adaptations = Counter(
             "metarl_adaptations",
-            "Adapt calls by outcome (ok, invalid, diverged, busy, rejected, error)",
+            "Adapt calls by outcome (ok, invalid, diverged, busy, rejected, error, timeout; "
+            "cancelled: computed but the caller was gone; skipped: not computed, the caller "
+            "was gone or its deadline passed before its turn)",
             ["outcome"],
             registry=r,
         )
@@ -130,7 +132,8 @@ class Metrics:
         gauge.set_function(fn)
 
     def serve_http(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Exposes ``/metrics`` on ``port`` (0 picks a free one); returns the port."""
+        """Exposes ``/metrics`` on ``addr`` (the server passes its ``--host``), ``port`` (0
+        picks a free one); returns the port."""
         server, _thread = start_http_server(port, addr=addr, registry=self.registry)
         self._http = server
         return int(server.server_address[1])

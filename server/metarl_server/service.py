@@ -288,9 +288,7 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
 
     @_status_on_error
     def GetSession(self, request: pb.GetSessionRequest, context: Any) -> pb.GetSessionResponse:
-        return pb.GetSessionResponse(
-            session=self._session_proto(self._session(request.session_id))
-        )
+        return pb.GetSessionResponse(session=self._session_proto(self._session(request.session_id)))
 
     @_status_on_error
     def ResetSession(
@@ -415,9 +413,9 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
                     "retry"
                 )
             s.adapting = True
-            params, generation = s.params, s.generation
+            params, generation, done = s.params, s.generation, s.adaptation_steps
         try:
-            result = self._run_adaptation(pv, params, eps, steps, context)
+            result = self._run_adaptation(pv, params, eps, steps, done, context)
             new_params = pv.policy.params(result.params)
             try:
                 validation.check_policy_outputs(pv, new_params, eps)
@@ -440,6 +438,7 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
         finally:
             with s.lock:
                 s.adapting = False
+                s.last_used = time.monotonic()  # (its Adapt was a use: it did not expire meanwhile)
         self.sessions.save(s)
         self.sessions.get(s.id)  # NOT_FOUND if the session was deleted while adapting
         self.metrics.adaptations.labels("ok").inc()
@@ -469,20 +468,23 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
         params: np.ndarray,
         eps: list[validation.Episode],
         steps: int,
+        first_step: int,
         context: Any,
     ) -> Any:
         ckpt = pv.checkpoint
-        job = AdaptJob(ckpt.spec, ckpt.inner_loop, ckpt.learning_rates, params, eps, steps)
+        job = AdaptJob(
+            ckpt.spec, ckpt.inner_loop, ckpt.learning_rates, params, eps, steps, first_step
+        )
         remaining = context.time_remaining()  # huge without a deadline
         if remaining is not None and remaining > 86_400:
             remaining = None
         if not context.is_active() or remaining == 0:  # gone or expired: nobody would read it
-            self.metrics.adaptations.labels("cancelled").inc()
+            self.metrics.adaptations.labels("skipped").inc()
             raise Aborted("the call ended (cancelled or past its deadline) before adapting")
         try:
             return self.adapter.adapt(job, timeout=remaining, is_active=context.is_active)
         except Cancelled:
-            self.metrics.adaptations.labels("cancelled").inc()
+            self.metrics.adaptations.labels("skipped").inc()
             raise Aborted("the call ended while its adaptation waited; not computed") from None
         except ResourceExhausted:
             self.metrics.adaptations.labels("rejected").inc()
