@@ -1,0 +1,301 @@
+"""The newcomer's path on the command line: names that agree from train to serve to demo, serve's
+--checkpoint and --model-dir as documented, and one line (no traceback) per user mistake."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tyro
+
+from metarl import envs
+from metarl.checkpoint_paths import CheckpointNotFound, bundled_checkpoints_dir
+from metarl.cli import main, report_checkpoint
+from metarl.demo import DemoConfig, run_demo
+from metarl.errors import UserError
+from metarl.train import default_name
+from metarl_client import PolicyClient
+from metarl_server.app import ServeConfig, build_registry, create_server
+from tests.server_support import UNREGISTERED_ENV, make_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+METARL = [sys.executable, "-m", "metarl.cli"]
+SERVE = [sys.executable, "-m", "metarl_server", "--host", "127.0.0.1"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def one_error_line(stderr: str, prog: str) -> str:
+    """The single line a mistake must end in (asserting there is nothing else)."""
+    assert "Traceback" not in stderr, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"{prog}: "), lines[0]
+    return lines[0]
+
+
+def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    code = exc.value.code
+    return (code if isinstance(code, int) else 1), capsys.readouterr().err
+
+
+def copy_bundled(name: str, to: Path, *, manifest_name: str | None = None) -> Path:
+    shutil.copytree(bundled_checkpoints_dir() / name / "1", to)
+    if manifest_name is not None:  # the SHA-256 covers the tensors, not the manifest
+        manifest = json.loads((to / "manifest.json").read_text())
+        manifest["name"] = manifest_name
+        (to / "manifest.json").write_text(json.dumps(manifest))
+    return to
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- names that agree ----------------------------------------------------------------------------
+
+
+def test_default_policy_names_are_the_bundled_ones() -> None:
+    assert default_name("metarl/CartPoleFamily-v0") == "cartpole-family"
+    assert default_name("metarl/Navigation2D-v0") == "navigation-2d"
+    assert default_name("metarl/PendulumFamily-v0") == "pendulum-family"
+    assert sorted(p.name for p in bundled_checkpoints_dir().iterdir()) == [
+        "cartpole-family",
+        "navigation-2d",
+    ]
+    # a family of one's own without a declared name: the documented rule
+    assert envs.derived_policy_name("acme/MyRobot2D-v3") == "my-robot-2d"
+    assert envs.derived_policy_name("acme/RLArm-v0") == "rl-arm"
+    assert envs.derived_policy_name("metarl/HalfCheetahVel-v0") == "half-cheetah-vel"
+    assert default_name("acme/Unregistered2D-v1") == "unregistered-2d"
+
+
+def test_train_then_serve_then_demo_agree_on_the_name(tmp_path: Path) -> None:
+    out = tmp_path / "cp"
+    proc = subprocess.run(
+        [*METARL, "train", "--env", "metarl/CartPoleFamily-v0", "--iterations", "1",
+         "--meta-batch-size", "2", "--episodes-per-task", "2", "--out", str(out),
+         "--no-progress", "--no-tensorboard"],
+        capture_output=True, text=True, timeout=180, env=ENV,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote checkpoint {out} (policy cartpole-family version" in proc.stdout
+    registry = build_registry(ServeConfig(checkpoint=[out]))
+    server, port = create_server("127.0.0.1:0", registry, ServeConfig())
+    server.start()
+    try:
+        # DemoConfig's default policy is the bundled one's name: it must find the trained one
+        assert DemoConfig().policy == "cartpole-family"
+        run_demo(DemoConfig(target=f"127.0.0.1:{port}", tasks=1, episodes=2))
+    finally:
+        server.stop(None).wait(10)
+
+
+# -- serve: --checkpoint and --model-dir ---------------------------------------------------------
+
+
+def test_serve_checkpoint_flag_repeats() -> None:
+    cfg = tyro.cli(
+        ServeConfig, args=["--checkpoint", "a", "--checkpoint", "b", "--checkpoint", "c"]
+    )
+    assert cfg.checkpoint == [Path("a"), Path("b"), Path("c")]
+    assert tyro.cli(ServeConfig, args=[]).checkpoint == []
+
+
+def test_serve_loads_three_checkpoints_including_bundled_name_version(tmp_path: Path) -> None:
+    third = copy_bundled("cartpole-family", tmp_path / "third", manifest_name="third")
+    registry = build_registry(
+        ServeConfig(checkpoint=[Path("cartpole-family/1"), Path("navigation-2d/1"), third])
+    )
+    served = {(v.name, v.version) for versions in registry.list() for v in versions}
+    assert served == {("cartpole-family", "1"), ("navigation-2d", "1"), ("third", "1")}
+
+
+def test_model_dir_layout_names_the_policy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    copy_bundled("cartpole-family", tmp_path / "models" / "mine" / "1")
+    with caplog.at_level(logging.INFO, logger="metarl_server.registry"):
+        registry = build_registry(ServeConfig(model_dir=tmp_path / "models"))
+    assert [(v.name, v.version) for vs in registry.list() for v in vs] == [("mine", "1")]
+    assert registry.get("mine", "1").checkpoint.env_id == "metarl/CartPoleFamily-v0"
+    said = "manifest says policy cartpole-family version 1; serving it as policy mine version 1"
+    assert said in caplog.text
+
+
+def test_empty_model_dir_is_waited_on_then_served(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    proc = subprocess.Popen(
+        [*SERVE, "--port", "0", "--model-dir", str(models), "--poll-interval", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        log: list[str] = []
+        while not any("waiting for checkpoints" in ln for ln in log):
+            line = proc.stderr.readline()
+            assert line, f"server exited: {''.join(log)}"
+            log.append(line)
+        assert "loading model directory" in log[0]
+        assert proc.poll() is None  # waiting, not exited
+        copy_bundled("cartpole-family", models / "mine" / "1")
+        line = proc.stdout.readline()  # printed once a policy is loaded
+        assert "listening on port" in line, "".join(log)
+        target = f"127.0.0.1:{int(line.rsplit(' ', 1)[1])}"
+        with PolicyClient(target) as client:
+            (info,) = client.list_policies()
+        assert (info.name, info.latest_version) == ("mine", "1")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        rest = proc.stderr.read()
+        serving = next(ln for ln in rest.splitlines() if "metarl_server: serving " in ln)
+        assert "serving mine@1 on 127.0.0.1:" in serving
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+# -- one line per mistake ------------------------------------------------------------------------
+
+
+def test_eval_of_a_missing_path(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, err = run_main(["eval", str(tmp_path / "nope")], capsys)
+    line = one_error_line(err, "metarl eval")
+    assert code == 2
+    assert "does not exist" in line and "cartpole-family/1" in line and "metarl train" in line
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(CheckpointNotFound):
+        main(["--debug", "eval", str(tmp_path / "nope")])
+    monkeypatch.setenv("METARL_DEBUG", "1")
+    with pytest.raises(CheckpointNotFound):
+        main(["eval", str(tmp_path / "nope")])
+
+
+def test_eval_of_a_checkpoint_of_an_unknown_family(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = make_checkpoint(tmp_path / "c", env_id=UNREGISTERED_ENV)
+    code, err = run_main(["eval", str(path), "--tasks", "1"], capsys)
+    line = one_error_line(err, "metarl eval")
+    assert code == 2 and UNREGISTERED_ENV in line and "metarl/CartPoleFamily-v0" in line
+
+
+def test_unknown_env_id(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, err = run_main(["train", "--env", "metarl/CartPole-v9", "--out", str(tmp_path)], capsys)
+    line = one_error_line(err, "metarl train")
+    assert code == 2 and "metarl/CartPoleFamily-v0" in line
+
+
+@pytest.mark.skipif(
+    "metarl/HalfCheetahVel-v0" in envs.registered_families(), reason="mujoco is installed"
+)
+def test_half_cheetah_without_mujoco_says_how_to_install(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(envs.UnknownFamily, match=r"pip install 'metarl\[mujoco\]'"):
+        envs.family("metarl/HalfCheetahVel-v0")
+    code, err = run_main(
+        ["train", "--env", "metarl/HalfCheetahVel-v0", "--out", str(tmp_path / "o")], capsys
+    )
+    assert code == 2 and "metarl[mujoco]" in one_error_line(err, "metarl train")
+
+
+def test_ctrl_c_is_one_line_and_130(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("metarl.eval.run_eval", interrupted)
+    monkeypatch.setattr("metarl.demo.run_demo", interrupted)
+    for command in (["eval", "navigation-2d/1"], ["demo"]):
+        code, err = run_main(command, capsys)
+        assert code == 130
+        assert one_error_line(err, f"metarl {command[0]}") == f"metarl {command[0]}: interrupted"
+
+
+def test_ctrl_c_in_a_real_eval_process() -> None:
+    proc = subprocess.Popen(
+        [*METARL, "eval", "navigation-2d/1", "--tasks", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        first = proc.stderr.readline()  # eval's first progress line: it is running
+        assert first, "eval exited at once"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+        rest = proc.stderr.read()
+        assert "Traceback" not in rest
+        assert rest.strip().splitlines()[-1] == "metarl eval: interrupted"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_demo_against_no_server(capsys: pytest.CaptureFixture[str]) -> None:
+    target = f"127.0.0.1:{free_port()}"
+    code, err = run_main(["demo", "--target", target], capsys)
+    line = one_error_line(err, "metarl demo")
+    assert code == 1 and target in line and "metarl serve" in line
+
+
+def test_no_checkpoint_written_is_not_reported_as_written(tmp_path: Path) -> None:
+    class Ckpt:
+        name, version = "cartpole-family", "1"
+
+    with pytest.raises(UserError, match="no checkpoint was written"):
+        report_checkpoint(tmp_path / "zero", Ckpt())
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (["--checkpoint", "nope/1"], 2, ["--checkpoint nope/1: does not exist", "navigation-2d/1"]),
+        (["--model-dir", "no-such-dir"], 2, ["--model-dir no-such-dir: does not exist"]),
+        (["--checkpoint", "."], 2, ["is not a checkpoint", "--model-dir"]),
+    ],
+)
+def test_serve_mistakes(args: list[str], code: int, words: list[str], tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*SERVE, "--port", "0", *args], capture_output=True, text=True, timeout=60,
+        cwd=tmp_path, env=ENV,
+    )  # fmt: skip
+    assert proc.returncode == code, proc.stderr
+    line = one_error_line(proc.stderr, "metarl_server")
+    for w in words:
+        assert w in line
+
+
+def test_serve_on_a_busy_port() -> None:
+    with socket.socket(socket.AF_INET) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        proc = subprocess.run(
+            [*METARL, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            capture_output=True, text=True, timeout=60, env=ENV,
+        )  # fmt: skip
+    assert proc.returncode == 1
+    line = one_error_line(proc.stderr, "metarl serve")
+    assert f"port {port} is already in use" in line and "--port" in line
+    assert time.monotonic() - started < 30  # refused before any worker starts
