@@ -273,8 +273,16 @@ def publish(cfg: PublishConfig, out: Any = None) -> Path:
             f"another --version, or none for the next ({next_version([*existing, version])})"
         )
 
+    newest = newest_version(existing)
+    if newest is not None:
+        served_env = read_manifest(existing[newest]).get("env_id")
+        if served_env != candidate.env_id:
+            raise PublishError(
+                f"{name_dir}: its newest version {newest} is a {served_env} policy and "
+                f"{cfg.checkpoint} a {candidate.env_id} one (clients of {name!r} would get "
+                "another task family); publish under another --name"
+            )
     if cfg.gate:
-        newest = newest_version(existing)
         served, label = None, ""
         if newest is not None:
             label = f"{name}@{newest}"

@@ -432,7 +432,8 @@ class Run:
     def _stop(self, signum: int) -> None:
         self._stopping = True
         restore_signal_handlers()
-        self.save(self.completed)
+        if self.completed < self.cfg.iterations:  # (the last iteration has saved already)
+            self.save(self.completed)
         raise TrainingInterrupted(signum, self.completed, Path(self.cfg.out))
 
 

@@ -248,6 +248,9 @@ def test_publish_numbers_versions_and_never_overwrites(tmp_path: Path) -> None:
         publish(PublishConfig(broken, models))
     with pytest.raises(PublishError, match="--name"):
         publish(PublishConfig(BUNDLED, models, name="../escape"))
+    nav = bundled_checkpoints_dir() / "navigation-2d" / "1"
+    with pytest.raises(PublishError, match=r"CartPoleFamily-v0 policy .*another --name"):
+        publish(PublishConfig(nav, models, name=POLICY))
     assert sorted(p.name for p in (models / POLICY).iterdir()) == ["1", "2", "v1.10", "v1.9"]
 
 
