@@ -41,10 +41,10 @@ demo: $(STAMP)
 # (metarl/presets/<family>.toml: the one place their settings live; the README records these).
 bundle-checkpoints: $(STAMP)
 	$(BIN)/metarl train --env metarl/CartPoleFamily-v0 --seed 1 \
-	  --out metarl/data/checkpoints/cartpole-family/1 --name cartpole-family --version 1 \
+	  --out metarl/data/checkpoints/cartpole-family/1 --name cartpole-family --version 1 --overwrite \
 	  --metrics-csv runs/cartpole-family-1.metrics.csv
 	$(BIN)/metarl train --env metarl/Navigation2D-v0 --seed 1 \
-	  --out metarl/data/checkpoints/navigation-2d/1 --name navigation-2d --version 1 \
+	  --out metarl/data/checkpoints/navigation-2d/1 --name navigation-2d --version 1 --overwrite \
 	  --metrics-csv runs/navigation-2d-1.metrics.csv
 
 clean:

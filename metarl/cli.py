@@ -58,9 +58,11 @@ def _run(args: list[str]) -> None:
         # The family's preset, then --config, then the flags (metarl.config); one line, exit 2,
         # for a refused value.
         from metarl.config import parse_train_args
+        from metarl.train import prepare_outputs
         from metarl.trainer_state import train_or_exit
 
         train_cfg = parse_train_args(args[1:], prog="metarl train")
+        prepare_outputs(train_cfg)  # an existing run is refused unless --overwrite
         ckpt = train_or_exit(train_cfg)  # Ctrl-C: a resumable state, exit 130
         report_checkpoint(train_cfg.out, ckpt)
         return
@@ -85,8 +87,9 @@ def _run(args: list[str]) -> None:
         "in one line on stderr; add --debug (or METARL_DEBUG=1) for the traceback.",
     )
     if isinstance(cfg, TrainConfig):
-        from metarl.train import train
+        from metarl.train import prepare_outputs, train
 
+        prepare_outputs(cfg)
         ckpt = train(cfg)
         report_checkpoint(cfg.out, ckpt)
     elif isinstance(cfg, EvalConfig):

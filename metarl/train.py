@@ -23,6 +23,7 @@ import csv
 import importlib.util
 import math
 import os
+import shutil
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from tqdm import tqdm
 from metarl import config, envs, inner_loop, policies, trainer_state
 from metarl.algorithms import distributed, maml, metasgd, trpo
 from metarl.checkpoint import Checkpoint
+from metarl.errors import UsageError
 from metarl.inner_loop import InnerLoopConfig
 from metarl.policies import Params
 from metarl.sampling import episode_returns, sample_episodes
@@ -63,7 +65,13 @@ class TrainConfig:
     iterations: int = 300
     """Meta-iterations (outer updates)."""
     out: Path = Path("runs/latest")
-    """Checkpoint directory to write (replaced atomically at every save)."""
+    """Checkpoint directory to write (replaced atomically at every save). `metarl train` refuses
+    an existing run there (the checkpoint, <out>.metrics.csv, <out>.tensorboard/,
+    <out>.trainer-state/) unless --overwrite, and always refuses a file or a directory that is
+    not a checkpoint."""
+    overwrite: bool = False
+    """Delete the run already at --out (checkpoint, metrics CSV, TensorBoard events, trainer
+    state) when this one starts, instead of refusing to start."""
     seed: int = 0
     """Seeds tasks, episodes and initialization: the same seed gives the same run."""
     name: str = ""
@@ -161,6 +169,51 @@ def default_name(env_id: str) -> str:
     ``navigation-2d``, the bundled policies' names), else :func:`metarl.envs.derived_policy_name`
     (``acme/MyRobot2D-v3`` -> ``my-robot-2d``)."""
     return envs.policy_name(env_id)
+
+
+def run_outputs(cfg: TrainConfig) -> list[Path]:
+    """The files and directories a run writes besides its checkpoint ``cfg.out``."""
+    metrics = cfg.metrics_csv or cfg.out.with_name(cfg.out.name + ".metrics.csv")
+    return [
+        metrics,
+        cfg.out.with_name(cfg.out.name + ".tensorboard"),
+        trainer_state.state_dir(cfg.out),
+    ]
+
+
+def prepare_outputs(cfg: TrainConfig, *, remove: bool = True) -> None:
+    """``metarl train``'s safe outputs: raises a :class:`UsageError` (one line, the way out) when
+    ``--out`` is a file or a directory other than a checkpoint, or when a run is already there
+    and ``--overwrite`` is not given; with ``--overwrite`` (and ``remove``: the first process
+    only) deletes that run, so its TensorBoard events and trainer state do not mix with this
+    one's. A resumed run (``--resume``) writes into its own run and is not checked."""
+    if getattr(cfg, "resume", None) is not None:
+        return
+    out = cfg.out
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file; pass a directory path for the checkpoint")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise UsageError(
+            f"--out {out}: is a directory holding other files, not a checkpoint; pass a new "
+            "directory path for the checkpoint (it would be replaced)"
+        )
+    found = [out] if (out / "manifest.json").is_file() else []  # (an empty directory: no run)
+    found += [p for p in run_outputs(cfg) if p.exists()]
+    if not found:
+        return
+    if not cfg.overwrite:
+        resumable = trainer_state.state_dir(out).exists()
+        raise UsageError(
+            f"--out {out}: a run is already there ({', '.join(str(p) for p in found)}); pass "
+            "--overwrite to replace it, or another --out"
+            + (f", or --resume {out} to continue it" if resumable else "")
+        )
+    if remove:
+        for path in found:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 def task_rngs(seed: int, iteration: int, phase: int, share: slice) -> list[np.random.Generator]:
@@ -453,10 +506,17 @@ def _fmt(v: Any) -> str:
 def main() -> None:
     import sys
 
-    cfg = config.parse_train_args(sys.argv[1:], prog="python -m metarl.train")
-    ckpt = trainer_state.train_or_exit(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"wrote checkpoint {cfg.out} (policy {ckpt.name} version {ckpt.version})")
+    from metarl.cli import report_checkpoint
+    from metarl.errors import debug_requested, reported
+
+    args = sys.argv[1:]
+    prog = "python -m metarl.train"
+    with reported(prog, debug_requested(args)):
+        cfg = config.parse_train_args([a for a in args if a != "--debug"], prog=prog)
+        # every process checks before the first one can write (the rendezvous is in train())
+        prepare_outputs(cfg, remove=int(os.environ.get("RANK", "0")) == 0)
+        ckpt = trainer_state.train_or_exit(cfg)
+        report_checkpoint(cfg.out, ckpt)
 
 
 if __name__ == "__main__":
