@@ -300,6 +300,13 @@ def resolve_resume(cfg: TrainConfig) -> TrainerState | None:
             f"--resume {run}: the run has completed {state.iteration} iterations of "
             f"{cfg.iterations}; pass --iterations N with N > {state.iteration} to train it further"
         )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"metarl train: resuming {run} after iteration {state.iteration} of "
+            f"{cfg.iterations}, with its own settings",
+            file=sys.stderr,
+            flush=True,
+        )
     return state
 
 
