@@ -163,6 +163,30 @@ def test_a_resumed_run_ends_bit_for_bit_as_an_uninterrupted_one(
     assert files == ["state.json", "state.safetensors"]
 
 
+def test_a_signal_during_an_update_stops_after_it_and_resumes_bit_for_bit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler_before = signal.getsignal(signal.SIGINT)
+    begin = trainer_state.Run.begin_update
+
+    def begin_then_interrupt(self: trainer_state.Run) -> None:
+        begin(self)
+        if self.completed == 1:  # Ctrl-C in the middle of iteration 2's outer update
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(trainer_state.Run, "begin_update", begin_then_interrupt)
+    with pytest.raises(trainer_state.TrainingInterrupted) as e:
+        train(tiny(tmp_path / "run", 4, save_every=100))
+    monkeypatch.undo()
+    assert (e.value.iteration, e.value.exit_status) == (2, 130)  # the update finished first
+    assert signal.getsignal(signal.SIGINT) is handler_before
+    assert trainer_state.load_state(tmp_path / "run").iteration == 2
+    resumed = train(TrainConfig(resume=tmp_path / "run", iterations=4))
+    full = train(tiny(tmp_path / "full", 4, save_every=100))
+    assert_same_params(full.params, resumed.params)
+    assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / "run")
+
+
 def test_resume_refusals_name_the_run_and_the_way_out(tmp_path: Path) -> None:
     with pytest.raises(trainer_state.ResumeError, match=r"no trainer state at .*--init-from"):
         train(TrainConfig(resume=BUNDLED))
