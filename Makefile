@@ -4,18 +4,28 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed-stamp
+DEV_STAMP := $(VENV)/.dev-installed-stamp
 
-.PHONY: install proto check-proto lint test test-slow demo bundle-checkpoints clean
+.PHONY: install dev proto check-proto lint test test-slow demo bundle-checkpoints clean
 
+# What running needs (train, eval, serve, demo): the package and the client, nothing else.
 install: $(STAMP)
 
 $(STAMP): pyproject.toml client/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet -c constraints.txt -e ./client -e .
+	touch $@
+
+# The development tools on top (pytest, ruff, mypy, grpcio-tools, ...): test, lint and proto
+# pull them in themselves.
+dev: $(DEV_STAMP)
+
+$(DEV_STAMP): $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e ./client -e '.[dev]'
 	touch $@
 
 # Regenerate the Python stubs in client/metarl_client/proto from proto/ (grpcio-tools is pinned).
-proto: $(STAMP)
+proto: $(DEV_STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
 # Fails when the committed stubs differ from what `make proto` generates.
@@ -24,14 +34,14 @@ check-proto: proto
 	  && test -z "$$(git status --porcelain -- client/metarl_client/proto)" \
 	  || (echo "generated stubs are stale: run 'make proto' and commit the result" >&2; exit 1)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest
 
-test-slow: $(STAMP)
+test-slow: $(DEV_STAMP)
 	$(BIN)/python -m pytest -m slow
 
 demo: $(STAMP)
