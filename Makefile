@@ -8,12 +8,13 @@ DEV_STAMP := $(VENV)/.dev-installed-stamp
 
 .PHONY: install dev proto check-proto lint test test-slow demo bundle-checkpoints clean
 
-# What running needs (train, eval, serve, demo): the package and the client, nothing else.
+# What running needs (train, eval and its --plot, serve, demo): the package with matplotlib, and
+# the client; no development tools.
 install: $(STAMP)
 
 $(STAMP): pyproject.toml client/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet -c constraints.txt -e ./client -e .
+	$(PIP) install --quiet -c constraints.txt -e ./client -e '.[plot]'
 	touch $@
 
 # The development tools on top (pytest, ruff, mypy, grpcio-tools, ...): test, lint and proto

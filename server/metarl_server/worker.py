@@ -64,6 +64,8 @@ class AdaptJob:
     episodes: Episodes
     """``(observations [T, obs_dim] f32, actions [T] i64 or [T, A] f32, rewards [T] f32)``."""
     steps: int
+    first_step: int = 0
+    """Inner steps the session's parameters have already taken (they set the steps' rates)."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Across the process boundary the episodes travel as three concatenated arrays and their
@@ -73,12 +75,15 @@ class AdaptJob:
             [len(r) for _, _, r in eps],
             *(np.concatenate([e[i] for e in eps]) for i in range(3)),
         ) if eps else None  # fmt: skip
-        fields = (self.spec, self.inner_loop, self.learning_rates, self.params, self.steps)
+        fields = (
+            self.spec, self.inner_loop, self.learning_rates, self.params, self.steps,
+            self.first_step,
+        )  # fmt: skip
         return (_unpack_job, (fields, packed))
 
 
 def _unpack_job(fields: tuple[Any, ...], packed: tuple[Any, ...] | None) -> AdaptJob:
-    spec, inner_loop, learning_rates, params, steps = fields
+    spec, inner_loop, learning_rates, params, steps, first_step = fields
     episodes: Episodes = []
     if packed is not None:
         lengths, obs, acts, rewards = packed
@@ -88,7 +93,7 @@ def _unpack_job(fields: tuple[Any, ...], packed: tuple[Any, ...] | None) -> Adap
                 (obs[start : start + n], acts[start : start + n], rewards[start : start + n])
             )
             start += n
-    return AdaptJob(spec, inner_loop, learning_rates, params, episodes, steps)
+    return AdaptJob(spec, inner_loop, learning_rates, params, episodes, steps, first_step)
 
 
 @dataclass
@@ -209,7 +214,10 @@ def adapt(job: AdaptJob) -> AdaptResult:
     ]
     batch = inner_loop.prepare(inner_loop.pad_episodes(episodes), config)
     # θ' exactly as inner_loop.adapt gives it; the loss before from the same gradient evaluation
-    adapted, before = inner_loop.adapt_with_loss(spec, params, batch, lr=lr, steps=job.steps)
+    adapted, before = inner_loop.adapt_with_loss(
+        spec, params, batch, lr=lr, steps=job.steps,
+        lr_scales=config.lr_scales(job.steps, job.first_step),
+    )  # fmt: skip
     with torch.no_grad():
         loss_before, loss_after = before[0], inner_loop.reinforce_loss(spec, adapted, batch)[0]
     if not torch.isfinite(loss_before):
