@@ -183,7 +183,9 @@ def adaptation_curve(
         )
         out[j] = episode_returns(batch).mean(dim=1).double().numpy()
         if j < steps:
-            current = inner_loop.adapt_on_episodes(spec, current, batch, inner, lr=lr, steps=1)
+            current = inner_loop.adapt_on_episodes(
+                spec, current, batch, inner, lr=lr, steps=1, first_step=j
+            )
     return out
 
 

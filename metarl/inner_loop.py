@@ -11,6 +11,7 @@ the longest one and ``mask`` marks the real steps).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -48,6 +49,11 @@ class InnerLoopConfig:
     averaged first, then the episodes (pytorch-maml-rl's), so an episode that ends early at its
     goal weighs as much as a full one. Checkpoints written before this setting existed use
     ``step``."""
+    later_steps_lr_scale: float = 1.0
+    """The learning rate of every inner step after a task's first is ``lr`` times this (per-step
+    rates, as in MAML++). Steps count across a session's ``Adapt`` calls (and ``metarl eval``'s
+    adaptation rounds): the first step moves from theta, which meta-training shaped for it; later
+    steps start near the task's optimum, where a full step overshoots."""
 
     def __post_init__(self) -> None:
         problems = [
@@ -62,6 +68,10 @@ class InnerLoopConfig:
                     self.loss_weighting in ("step", "episode"),
                     f"loss_weighting must be 'step' or 'episode', got {self.loss_weighting!r}",
                 ),
+                (
+                    self.later_steps_lr_scale >= 0,
+                    f"later_steps_lr_scale must be >= 0, got {self.later_steps_lr_scale}",
+                ),
             )
             if not ok
         ]
@@ -70,6 +80,11 @@ class InnerLoopConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def lr_scales(self, steps: int, first_step: int = 0) -> list[float]:
+        """The learning-rate factor of each of ``steps`` inner steps, the first being the
+        task's step number ``first_step`` (0: the step from theta)."""
+        return [1.0 if first_step + i == 0 else self.later_steps_lr_scale for i in range(steps)]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InnerLoopConfig:
@@ -210,25 +225,37 @@ def adapt(
     lr: float | Params,
     steps: int,
     create_graph: bool = False,
+    lr_scales: Sequence[float] | None = None,
 ) -> Params:
     """``steps`` inner gradient steps on ``batch``; returns new parameters stacked ``K`` deep.
 
     ``params`` are never modified. ``lr`` is a scalar, or per-parameter learning rates (Meta-SGD)
     shaped like the unstacked parameters. With ``create_graph`` the result stays differentiable
     with respect to ``params`` (and ``lr``) through every step: second-order MAML. Without it the
-    inner gradients are treated as constants (first-order MAML, and serving).
+    inner gradients are treated as constants (first-order MAML, and serving). Step ``i`` uses
+    ``lr * lr_scales[i]`` (:meth:`InnerLoopConfig.lr_scales`; default: ``lr`` for every step).
     """
-    return _inner_steps(spec, params, batch, lr=lr, steps=steps, create_graph=create_graph)[0]
+    return _inner_steps(
+        spec, params, batch, lr=lr, steps=steps, create_graph=create_graph, lr_scales=lr_scales
+    )[0]
 
 
 def adapt_with_loss(
-    spec: PolicySpec, params: Params, batch: LossBatch, *, lr: float | Params, steps: int
+    spec: PolicySpec,
+    params: Params,
+    batch: LossBatch,
+    *,
+    lr: float | Params,
+    steps: int,
+    lr_scales: Sequence[float] | None = None,
 ) -> tuple[Params, Tensor]:
     """:func:`adapt` without ``create_graph`` (as the server adapts), also returning each task's
     inner loss at ``params``, shape ``[K]``, detached: the same steps, so the same adapted
     parameters bit for bit, with the loss taken from the first step's gradient evaluation
     instead of a forward pass of its own."""
-    adapted, loss = _inner_steps(spec, params, batch, lr=lr, steps=steps, create_graph=False)
+    adapted, loss = _inner_steps(
+        spec, params, batch, lr=lr, steps=steps, create_graph=False, lr_scales=lr_scales
+    )
     if loss is None:  # no steps
         with torch.no_grad():
             loss = reinforce_loss(spec, adapted, batch)
@@ -243,6 +270,7 @@ def _inner_steps(
     lr: float | Params,
     steps: int,
     create_graph: bool,
+    lr_scales: Sequence[float] | None = None,
 ) -> tuple[Params, Tensor | None]:
     """The inner loop itself: the adapted parameters and the per-task loss at ``params``
     (None without steps). ``torch.func.grad`` is ``grad_and_value`` without the value, so the
@@ -255,8 +283,11 @@ def _inner_steps(
         per_task = reinforce_loss(spec, p, batch)
         return per_task.sum(), per_task.detach()
 
+    scales = [1.0] * steps if lr_scales is None else list(lr_scales)
+    if len(scales) != steps:
+        raise ValueError(f"need one learning-rate scale per step: {steps} steps, {len(scales)}")
     first_loss: Tensor | None = None
-    for _ in range(steps):
+    for scale in scales:
         with torch.enable_grad():
             grads, (_, per_task) = torch.func.grad_and_value(total_loss, has_aux=True)(current)
         if first_loss is None:
@@ -264,7 +295,7 @@ def _inner_steps(
         if not create_graph:
             grads = {name: g.detach() for name, g in grads.items()}
         current = {
-            name: p - (lr[name] if isinstance(lr, dict) else lr) * grads[name]
+            name: p - scale * (lr[name] if isinstance(lr, dict) else lr) * grads[name]
             for name, p in current.items()
         }
     return current, first_loss
@@ -279,15 +310,20 @@ def adapt_on_episodes(
     lr: float | Params | None = None,
     steps: int | None = None,
     create_graph: bool = False,
+    first_step: int = 0,
 ) -> Params:
-    """Adapted parameters for the tasks of ``episodes``: :func:`prepare` then :func:`adapt`."""
+    """Adapted parameters for the tasks of ``episodes``: :func:`prepare` then :func:`adapt`.
+    ``first_step`` counts the inner steps ``params`` have already taken on these tasks (0 for
+    theta), which sets the steps' learning rates (:attr:`InnerLoopConfig.later_steps_lr_scale`)."""
+    steps = config.steps if steps is None else steps
     return adapt(
         spec,
         params,
         prepare(episodes, config),
         lr=config.lr if lr is None else lr,
-        steps=config.steps if steps is None else steps,
+        steps=steps,
         create_graph=create_graph,
+        lr_scales=config.lr_scales(steps, first_step),
     )
 
 

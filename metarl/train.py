@@ -120,8 +120,15 @@ class TrainConfig:
     (pytorch-maml-rl's; an episode that ends early at its goal weighs as much as a full one);
     ``step``: every real step weighs the same (rllab's pooled mean). Saved with the inner loop
     in the checkpoint, so the server adapts the same way."""
+    later_steps_lr_scale: float = 1.0
+    """Learning-rate factor of every inner step after a task's first (per-step rates): the
+    server's later ``Adapt`` calls on a session, ``metarl eval``'s later rounds, and with
+    ``--inner-steps`` > 1 the later steps here. Saved with the inner loop in the checkpoint."""
     outer_lr: float = 1e-2
     """Adam learning rate of the outer loop."""
+    outer_lr_anneal: bool = False
+    """Adam: the learning rate falls linearly from ``outer_lr`` to 0 over the iterations
+    (cleanrl's ``anneal_lr``), so the last updates, whose theta is saved, are small."""
     max_kl: float = 0.01
     """TRPO: the trust region, a bound on the mean KL between old and new adapted policies."""
     cg_iters: int = 10
@@ -281,6 +288,7 @@ def _train(
         normalize_advantages=cfg.normalize_advantages,
         baseline_reg=cfg.baseline_reg,
         loss_weighting=cfg.loss_weighting,
+        later_steps_lr_scale=cfg.later_steps_lr_scale,
     )
     trpo_cfg = trpo.TRPOConfig(
         cfg.max_kl, cfg.cg_iters, cfg.cg_damping, cfg.ls_max_steps, cfg.ls_backtrack
@@ -312,7 +320,11 @@ def _train(
             "seed": cfg.seed,
             "meta_batch_size": cfg.meta_batch_size,
             "episodes_per_task": cfg.episodes_per_task,
-            **({"outer_lr": cfg.outer_lr} if cfg.outer == "adam" else {}),
+            **(
+                {"outer_lr": cfg.outer_lr, "outer_lr_anneal": cfg.outer_lr_anneal}
+                if cfg.outer == "adam"
+                else {}
+            ),
             **(
                 {
                     "trpo": {
@@ -359,7 +371,7 @@ def _train(
         with torch.no_grad():
             adapted = maml.adapt_in_shards(
                 spec, detached(theta), pre_batch, lr=lr, steps=inner.steps,
-                workers=workers, shards=threads,
+                workers=workers, shards=threads, lr_scales=inner.lr_scales(inner.steps),
             )  # fmt: skip
 
         # 3. Post-update episodes with each theta'_i: the data the meta-objective is measured on.
@@ -395,6 +407,9 @@ def _train(
         if optimizer is not None:
             for p, g in zip(meta_params, unflatten_list(-grad, meta_params), strict=True):
                 p.grad = g
+            if cfg.outer_lr_anneal:  # a function of the iteration alone: resumes exactly
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.outer_lr * (1.0 - (it - 1) / cfg.iterations)
             optimizer.step()
         else:
             x_new, stats = trpo.step(

@@ -223,3 +223,28 @@ def test_advantages_normalized_under_the_losses_weights() -> None:
         assert not adv[mask == 0].any()
     with pytest.raises(ValueError, match="loss_weighting must be 'step' or 'episode'"):
         InnerLoopConfig(loss_weighting="trajectory")  # type: ignore[arg-type]
+
+
+def test_later_steps_lr_scale_by_hand() -> None:
+    """Per-step rates: step 0 of a task runs at lr, every later step (also in a later call,
+    counted by first_step) at lr * later_steps_lr_scale."""
+    config = InnerLoopConfig(lr=0.1, later_steps_lr_scale=0.5)
+    assert config.lr_scales(3) == [1.0, 0.5, 0.5]
+    assert config.lr_scales(2, first_step=1) == [0.5, 0.5]
+    assert InnerLoopConfig().lr_scales(2) == [1.0, 1.0]
+
+    spec = policies.PolicySpec(obs_dim=1, action_dim=2, hidden_sizes=())
+    theta = {"layers.0.weight": torch.zeros(2, 1), "layers.0.bias": torch.zeros(2)}
+    batch = LossBatch(
+        observations=torch.tensor([[[1.0], [2.0]]]),
+        actions=torch.tensor([[0, 1]]),
+        advantages=torch.tensor([[1.0, -1.0]]),
+        weights=torch.ones(1, 2),
+    )
+    two = inner_loop.adapt(spec, theta, batch, lr=0.1, steps=2, lr_scales=config.lr_scales(2))
+    one = inner_loop.adapt(spec, theta, batch, lr=0.1, steps=1)
+    then = inner_loop.adapt(spec, one, batch, lr=0.05, steps=1)
+    for name in theta:
+        torch.testing.assert_close(two[name], then[name])
+    with pytest.raises(ValueError, match="one learning-rate scale per step"):
+        inner_loop.adapt(spec, theta, batch, lr=0.1, steps=2, lr_scales=[1.0])

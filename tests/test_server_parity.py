@@ -149,3 +149,33 @@ def test_one_observation_path_matches_the_batch_path(name: str, deterministic: b
         ref_a, ref_lp = pol.act(ps, pol.forward(ps, obs[None]), deterministic, batch)
         np.testing.assert_allclose(np.asarray(a), ref_a[0], atol=1e-6, rtol=1e-6)
         np.testing.assert_allclose(lp, ref_lp[0], atol=1e-6, rtol=1e-6)
+
+
+def test_later_adapt_calls_use_the_later_steps_rate(tmp_path: Path) -> None:
+    """later_steps_lr_scale: a session's second Adapt continues its step count, so its step runs
+    at lr * scale, as metarl eval's second round (first_step=1) does in process."""
+    spec = SPECS["nav"]
+    inner = InnerLoopConfig(lr=0.2, steps=1, later_steps_lr_scale=0.25)
+    path = make_checkpoint(tmp_path / "nav" / "1", spec=spec, inner=inner)
+    ckpt = load_checkpoint(path)
+    first = random_episodes(3, 20, spec.obs_dim, spec.action_dim, seed=1)
+    second = random_episodes(3, 20, spec.obs_dim, spec.action_dim, seed=2)
+
+    registry = PolicyRegistry()
+    registry.add_checkpoint(path)
+    with serving(registry) as (server, channel):
+        s = make_stub(channel)
+        sid = create(s, "nav")
+        for eps in (first, second):
+            s.Adapt(pb.AdaptRequest(session_id=sid, episodes=[episode_proto(*e) for e in eps]))
+        served = server.sessions.get(sid).params.copy()
+
+    def local(params, eps, first_step):  # type: ignore[no-untyped-def]
+        batch = inner_loop.pad_episodes([tuple(map(torch.as_tensor, e)) for e in eps])  # type: ignore[misc]
+        out = inner_loop.adapt_on_episodes(spec, params, batch, inner, first_step=first_step)
+        return {k: v[0] for k, v in out.items()}
+
+    once = local(ckpt.params, first, 0)
+    np.testing.assert_allclose(served, flat(spec, local(once, second, 1)), atol=1e-6, rtol=0)
+    full_rate = flat(spec, local(once, second, 0))  # what a second step at lr would give
+    assert np.abs(served - full_rate).max() > 1e-4

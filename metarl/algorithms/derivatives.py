@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -279,6 +280,7 @@ class InnerLoopJacobian:
         first_order: bool = False,
         hessian_batch: LossBatch | None = None,
         inner_estimator: str = "reinforce",
+        lr_scales: Sequence[float] | None = None,
     ) -> None:
         if inner_estimator not in ("reinforce", "lvc"):
             raise ValueError(
@@ -289,31 +291,34 @@ class InnerLoopJacobian:
         self.lr = lr
         self.k = batch.advantages.shape[0]
         self.first_order = first_order
+        # Step i's rate is lr * scales[i] (InnerLoopConfig.lr_scales).
+        self.scales = [1.0] * steps if lr_scales is None else list(lr_scales)
         self.steps: list[_InnerStep] = []  # where the Hessians come from
         self.grads: list[Params] = []  # the inner gradient at each step
         if first_order and not isinstance(lr, dict):
+            self.scales = []  # theta'_i moves as theta does: no step enters the map
             return
         current = policies.stack(spec, theta, self.k)
-        for _ in range(steps):
+        for scale in self.scales:
             step = _InnerStep(spec, current, batch, lvc)
             self.grads.append(step.grad)
             if hessian_batch is not None and not first_order:
                 self.steps.append(_InnerStep(spec, current, hessian_batch, lvc))
             else:
                 self.steps.append(step)
-            current = {k: p - _scale(lr, k, step.grad[k]) for k, p in current.items()}
+            current = {k: p - scale * _scale(lr, k, step.grad[k]) for k, p in current.items()}
 
     def jvp(self, dtheta: Params, dlr: Params | None = None) -> Params:
         """d theta'_i for a change ``dtheta`` (unstacked) of theta and ``dlr`` of the rates."""
         d = policies.stack(self.spec, dtheta, self.k)
-        for step, grad in zip(self.steps, self.grads, strict=True):
+        for step, grad, scale in zip(self.steps, self.grads, self.scales, strict=True):
             hv = step.hvp(d) if not self.first_order else None
             new = {}
             for name, x in d.items():
                 if hv is not None:
-                    x = x - _scale(self.lr, name, hv[name])
+                    x = x - scale * _scale(self.lr, name, hv[name])
                 if dlr is not None:
-                    x = x - dlr[name] * grad[name]
+                    x = x - scale * dlr[name] * grad[name]
                 new[name] = x
             d = new
         return d
@@ -325,12 +330,14 @@ class InnerLoopJacobian:
         dlr: Params | None = None
         if isinstance(self.lr, dict):
             dlr = {name: torch.zeros_like(x) for name, x in self.lr.items()}
-        for step, grad in zip(reversed(self.steps), reversed(self.grads), strict=True):
+        for step, grad, scale in zip(
+            reversed(self.steps), reversed(self.grads), reversed(self.scales), strict=True
+        ):
             if dlr is not None:
                 for name in dlr:
-                    dlr[name] -= (grad[name] * ct[name]).sum(0)
+                    dlr[name] -= scale * (grad[name] * ct[name]).sum(0)
             if not self.first_order:
-                hv = step.hvp({name: _scale(self.lr, name, x) for name, x in ct.items()})
+                hv = step.hvp({name: scale * _scale(self.lr, name, x) for name, x in ct.items()})
                 ct = {name: x - hv[name] for name, x in ct.items()}
         return {name: x.sum(0) for name, x in ct.items()}, dlr
 

@@ -130,16 +130,18 @@ def adapt_in_shards(
     steps: int,
     workers: Executor | None,
     shards: int,
+    lr_scales: Sequence[float] | None = None,
 ) -> Params:
     """:func:`metarl.inner_loop.adapt` over the tasks of ``batch`` (stacked results), with the
     tasks split among ``workers`` threads: each task's theta' is computed alone, so the split
     changes nothing but the wall time."""
     bounds = shard_bounds(batch.weights.shape[0], shards)
     if workers is None or len(bounds) < 2:
-        return inner_loop.adapt(spec, theta, batch, lr=lr, steps=steps)
+        return inner_loop.adapt(spec, theta, batch, lr=lr, steps=steps, lr_scales=lr_scales)
 
     def part(s: slice) -> Params:
-        return inner_loop.adapt(spec, theta, LossBatch(*(t[s] for t in batch)), lr=lr, steps=steps)
+        shard = LossBatch(*(t[s] for t in batch))
+        return inner_loop.adapt(spec, theta, shard, lr=lr, steps=steps, lr_scales=lr_scales)
 
     parts = list(workers.map(part, bounds))
     return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
@@ -166,9 +168,10 @@ class _Shard:
     ) -> None:
         self.spec, self.config, self.pre = spec, config, pre
         lr = rates if rates is not None else config.lr
+        self.lr_scales = config.lr_scales(config.steps)
         self.jacobian = InnerLoopJacobian(
             spec, theta, pre, lr=lr, steps=config.steps, first_order=first_order,
-            inner_estimator=inner_estimator,
+            inner_estimator=inner_estimator, lr_scales=self.lr_scales,
         )  # fmt: skip
         self.post = PostUpdateObjective(spec, adapted, post, num_tasks=num_tasks)
         # The KL curvature, optionally estimated on a subset of the episodes (pre, post) and at
@@ -178,7 +181,7 @@ class _Shard:
             pre_sub, post_sub = curvature_episodes
             self.curvature_jacobian = InnerLoopJacobian(
                 spec, theta, pre, lr=lr, steps=config.steps, first_order=first_order,
-                hessian_batch=pre_sub, inner_estimator=inner_estimator,
+                hessian_batch=pre_sub, inner_estimator=inner_estimator, lr_scales=self.lr_scales,
             )  # fmt: skip
             self.curvature_post = PostUpdateObjective(spec, adapted, post_sub, num_tasks=num_tasks)
         self.curvature_dtype = curvature_dtype
@@ -210,6 +213,7 @@ class _Shard:
             self.pre,
             lr=rates[0] if rates else self.config.lr,
             steps=self.config.steps,
+            lr_scales=self.lr_scales,
         )
         surrogate, kl = self.post.evaluate({k: v.detach() for k, v in adapted.items()})
         return torch.stack([surrogate.double(), kl.double()])
@@ -261,7 +265,7 @@ def adapted_params(
     result keeps the graph back to ``theta`` through every inner step."""
     return inner_loop.adapt_on_episodes(
         spec, theta, pre_update, config, lr=learning_rates, create_graph=not first_order
-    )
+    )  # (lr_scales from config, first_step 0: the trainer adapts from theta)
 
 
 def outer_loss(
