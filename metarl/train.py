@@ -24,6 +24,7 @@ import importlib.util
 import math
 import os
 import shutil
+import sys
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -163,7 +164,8 @@ class TrainConfig:
     metrics_csv: Path | None = None
     """CSV of per-iteration metrics; defaults to ``<out>.metrics.csv`` beside the checkpoint."""
     tensorboard: bool = True
-    """Also write TensorBoard events to ``<out>.tensorboard/`` when tensorboard is installed."""
+    """Also write TensorBoard events to ``<out>.tensorboard/`` when tensorboard is installed
+    (`pip install tensorboard`; without it, the run says once that it skips them)."""
     progress: bool = True
     """Show a progress bar."""
     extra: dict[str, str] = field(default_factory=dict)
@@ -486,7 +488,14 @@ class _MetricsLog:
             self._csv = csv.writer(self._fh)
             self._csv.writerow(METRICS)
         self._tb: Any = None
-        if cfg.tensorboard and importlib.util.find_spec("tensorboard") is not None:
+        if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            print(
+                "metarl train: TensorBoard events skipped: tensorboard is not installed (pip "
+                "install tensorboard; --no-tensorboard silences this); metrics go to "
+                f"{path}",
+                file=sys.stderr,
+            )
+        elif cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(
@@ -519,8 +528,6 @@ def _fmt(v: Any) -> str:
 
 
 def main() -> None:
-    import sys
-
     from metarl.cli import report_checkpoint
     from metarl.errors import debug_requested, reported
 

@@ -3,6 +3,7 @@ directory always; with --overwrite the old run's files do not mix with the new o
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -99,3 +100,15 @@ def test_an_empty_directory_is_no_run(tmp_path: Path, capsys: pytest.CaptureFixt
     code, stdout, err = train(out, capsys, "--no-tensorboard")
     assert code == 0, err
     assert (out / "manifest.json").is_file() and "wrote checkpoint" in stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="installed")
+def test_skipped_tensorboard_is_announced_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = train(tmp_path / "cp", capsys, "--iterations", "2")
+    assert code == 0, err
+    said = [ln for ln in err.splitlines() if "TensorBoard events skipped" in ln]
+    assert len(said) == 1 and "pip install tensorboard" in said[0]
+    code, _, err = train(tmp_path / "quiet", capsys, "--no-tensorboard")
+    assert code == 0 and "TensorBoard" not in err
