@@ -24,6 +24,7 @@ use it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -332,9 +333,17 @@ def _copy_atomically(source: Path, target: Path, *, name: str, version: str) -> 
                 os.fsync(fh.fileno())
         tmp.chmod(0o755)
         load_checkpoint(tmp)  # the copy verifies (SHA-256, architecture) before anyone sees it
-        if target.exists():  # published meanwhile by someone else
-            raise PublishError(f"{target} appeared while publishing; pass another --version")
-        os.rename(tmp, target)  # fails rather than replace a non-empty directory
+        try:
+            if target.exists():
+                raise FileExistsError(errno.EEXIST, "exists")
+            os.rename(tmp, target)  # fails rather than replace a non-empty directory
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            raise PublishError(
+                f"{target} was published by someone else meanwhile (versions are never "
+                "overwritten); pass another --version, or none for the next"
+            ) from None
         tmp = None
         dir_fd = os.open(target.parent, os.O_RDONLY)
         try:

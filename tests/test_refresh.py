@@ -287,6 +287,25 @@ def test_publish_where_it_cannot_write_leaves_nothing(tmp_path: Path) -> None:
     assert [p.name for p in models.iterdir()] == [POLICY]
 
 
+def test_publish_racing_another_publisher_keeps_theirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    rename = os.rename
+
+    def theirs_first(src: Path, dst: Path) -> None:  # another publisher wins the version
+        (Path(dst) / "manifest.json").parent.mkdir()
+        (Path(dst) / "manifest.json").write_text("theirs")
+        rename(src, dst)
+
+    monkeypatch.setattr("metarl.publish.os.rename", theirs_first)
+    with pytest.raises(PublishError, match="published by someone else meanwhile"):
+        publish(PublishConfig(BUNDLED, models))
+    assert [p.name for p in (models / POLICY).iterdir()] == ["1"]  # no temporary left
+    assert (models / POLICY / "1" / "manifest.json").read_text() == "theirs"
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
 def test_publish_into_a_read_only_model_directory_leaves_nothing(tmp_path: Path) -> None:
     models = tmp_path / "models"
