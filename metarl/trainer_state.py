@@ -437,10 +437,12 @@ class Run:
         self._stop(signum)
 
     def _stop(self, signum: int) -> None:
-        self._stopping = True
-        restore_signal_handlers()
-        if self.completed < self.cfg.iterations:  # (the last iteration has saved already)
-            self.save(self.completed)
+        self._stopping = True  # a second Ctrl-C while saving is ignored: the save is short
+        try:
+            if self.completed < self.cfg.iterations:  # (the last iteration has saved already)
+                self.save(self.completed)
+        finally:
+            restore_signal_handlers()
         raise TrainingInterrupted(signum, self.completed, Path(self.cfg.out))
 
 
