@@ -39,3 +39,9 @@ class Aborted(ServiceError):
 
 class PermissionDenied(ServiceError):
     code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class DataLoss(ServiceError):
+    """Stored state that cannot be read back (corrupt or truncated in the session store)."""
+
+    code = grpc.StatusCode.DATA_LOSS

@@ -186,6 +186,10 @@ class PolicyRegistry:
         self._seen: dict[Path, tuple[int, ...] | None] = {}
         """Checkpoint directories already handled (loaded, refused or retired), by fingerprint."""
         self.listeners: list[Callable[[ScanResult], None]] = []
+        self.usage_sources: list[Callable[[], set[tuple[str, str]]]] = []
+        """Where else sessions live (a shared session store): each gives the (name, version)
+        pairs its stored sessions use, which are never unloaded, whatever this process's own
+        session counts say; one that fails keeps every version loaded for now."""
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -304,12 +308,20 @@ class PolicyRegistry:
     def unload_unused(self) -> list[PolicyVersion]:
         """Unloads every version that is not its policy's newest, not pinned, and has no
         session."""
-        unloaded = []
+        unloaded: list[PolicyVersion] = []
+        stored = self._stored_versions()
+        if stored is None:
+            return unloaded
         with self._lock:
             for versions in self._policies.values():
                 newest = max(versions, key=version_key)
                 for version, pv in list(versions.items()):
-                    if version != newest and not pv.pinned and pv.sessions == 0:
+                    if (
+                        version != newest
+                        and not pv.pinned
+                        and pv.sessions == 0
+                        and (pv.name, version) not in stored
+                    ):
                         del versions[version]
                         pv.retired = True
                         unloaded.append(pv)
@@ -332,16 +344,37 @@ class PolicyRegistry:
         needed otherwise."""
         with self._lock:
             pv.sessions -= 1
-            if pv.sessions > 0 or pv.pinned or pv.retired:
+            if not self._unloadable(pv):
                 return
-            versions = self._policies.get(pv.name, {})
-            if versions.get(pv.version) is not pv or pv.version == max(versions, key=version_key):
+        stored = self._stored_versions()  # (not under the lock: it may ask Redis)
+        if stored is None or (pv.name, pv.version) in stored:
+            return
+        with self._lock:
+            if not self._unloadable(pv):
                 return
-            del versions[pv.version]
+            del self._policies[pv.name][pv.version]
             pv.retired = True
         log.info("unloaded policy %s version %s: its last session ended", pv.name, pv.version)
         for listener in self.listeners:
             listener(ScanResult(unloaded=[pv]))
+
+    def _unloadable(self, pv: PolicyVersion) -> bool:
+        """``pv`` has no session here, is not pinned, loaded, and not its policy's newest."""
+        if pv.sessions > 0 or pv.pinned or pv.retired:
+            return False
+        versions = self._policies.get(pv.name, {})
+        return versions.get(pv.version) is pv and pv.version != max(versions, key=version_key)
+
+    def _stored_versions(self) -> set[tuple[str, str]] | None:
+        """The versions :attr:`usage_sources` say stored sessions use; None if one failed."""
+        used: set[tuple[str, str]] = set()
+        for source in list(self.usage_sources):
+            try:
+                used |= source()
+            except Exception as exc:
+                log.warning("keeping every policy version loaded for now: %s", exc)
+                return None
+        return used
 
     # -- lookups -------------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from metarl_server.errors import (
 from metarl_server.interceptors import CLIENT
 from metarl_server.metrics import Metrics
 from metarl_server.registry import PolicyRegistry, PolicyVersion
-from metarl_server.sessions import RecordedEpisode, Session, SessionStore, log_id
+from metarl_server.sessions import Adaptation, RecordedEpisode, Session, SessionStore, log_id
 from metarl_server.worker import AdaptationError, AdaptJob
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
                     if isinstance(action, int)
                     else np.array(action, np.float32).reshape(pv.action_space.shape),
                 )
-        self.sessions.save(s)
+        self.sessions.save_recording(s)  # (a shared store appends the new steps)
 
     # -- RPCs ----------------------------------------------------------------------------------
 
@@ -414,7 +414,13 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
                 )
             s.adapting = True
             params, generation, done = s.params, s.generation, s.adaptation_steps
+        claim = None
         try:
+            try:  # every replica's Adapts (a shared store): one at a time per session
+                claim = self.sessions.claim_adaptation(s)
+            except Aborted:
+                self.metrics.adaptations.labels("busy").inc()
+                raise
             result = self._run_adaptation(pv, params, eps, steps, done, context)
             new_params = pv.policy.params(result.params)
             try:
@@ -422,7 +428,8 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
             except FailedPrecondition:
                 self.metrics.adaptations.labels("diverged").inc()
                 raise
-            with s.lock:
+
+            def still_wanted() -> None:  # (called with s.lock held)
                 if s.generation != generation:
                     raise Aborted(
                         "the session was reset while adapting; its parameters were not changed"
@@ -430,16 +437,17 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
                 if not context.is_active():
                     self.metrics.adaptations.labels("cancelled").inc()
                     raise Aborted("the call ended before the adaptation finished; not applied")
-                s.param_set = new_params  # the swap: one reference assignment
-                s.adaptation_steps += steps
-                s.adaptations += 1
-                if recorded and s.recording is not None:
-                    s.recording.consume(recorded)
+
+            # Applied and persisted all or nothing: an error answer means no change.
+            self.sessions.commit_adaptation(
+                s, claim, Adaptation(new_params, steps, recorded), still_wanted
+            )
         finally:
             with s.lock:
                 s.adapting = False
                 s.last_used = time.monotonic()  # (its Adapt was a use: it did not expire meanwhile)
-        self.sessions.save(s)
+            if claim is not None:
+                self.sessions.release_adaptation(s, claim)
         self.sessions.get(s.id)  # NOT_FOUND if the session was deleted while adapting
         self.metrics.adaptations.labels("ok").inc()
         self.metrics.adapt_seconds.observe(result.compute_seconds)

@@ -73,12 +73,17 @@ class Recording:
     episodes: list[RecordedEpisode] = field(default_factory=list)
     current: RecordedEpisode = field(default_factory=RecordedEpisode)
     _done_transitions: int = 0
+    journal: list[tuple[Any, ...]] = field(default_factory=list, repr=False, compare=False)
+    """The changes (:meth:`feedback` and :meth:`step` calls) not yet handed to the session store:
+    a shared store appends them instead of rewriting the whole recording
+    (:meth:`SessionStore.save_recording` drains it; :meth:`replay` applies them)."""
 
     def feedback(self, reward: float, terminated: bool, truncated: bool) -> bool:
         """Attaches the reward of the last served action; False if no action awaits one."""
         cur = self.current
         if len(cur.rewards) >= len(cur.actions):
             return False
+        self.journal.append(("f", reward, terminated, truncated))
         cur.rewards.append(reward)
         if terminated or truncated:
             cur.terminated, cur.truncated = terminated, truncated
@@ -105,6 +110,37 @@ class Recording:
             cur.actions.pop()
         cur.observations.append(obs)
         cur.actions.append(action)
+        self.journal.append(("s", obs, action))
+
+    @staticmethod
+    def event_json(event: tuple[Any, ...]) -> list[Any]:
+        """A :attr:`journal` entry as JSON-ready values (``["f", reward, terminated, truncated]``
+        or ``["s", observation, action]``; an integer action is a number, a float one a list)."""
+        if event[0] == "f":
+            return ["f", float(event[1]), bool(event[2]), bool(event[3])]
+        action = event[2]
+        return ["s", event[1].tolist(), action.tolist()]
+
+    def replay(self, events: list[Any]) -> None:
+        """Applies :meth:`event_json` events (recorded elsewhere) in order, without journaling
+        them; ``ValueError`` for a malformed one."""
+        journal, self.journal = self.journal, []
+        try:
+            for e in events:
+                if not isinstance(e, list) or not e:
+                    raise ValueError(f"malformed recording event {e!r:.80}")
+                if e[0] == "f" and len(e) == 4:
+                    self.feedback(float(e[1]), bool(e[2]), bool(e[3]))
+                elif e[0] == "s" and len(e) == 3:
+                    a = e[2]
+                    action = (
+                        np.array(a, np.int64) if isinstance(a, int) else np.array(a, np.float32)
+                    )
+                    self.step(np.array(e[1], np.float32), action)
+                else:
+                    raise ValueError(f"malformed recording event {e!r:.80}")
+        finally:
+            self.journal = journal
 
     def complete_episodes(self) -> list[RecordedEpisode]:
         """Finished episodes plus the rewarded prefix of the one in progress."""
@@ -270,6 +306,27 @@ def log_id(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()[:12]
 
 
+@dataclass
+class Adaptation:
+    """A computed adaptation, to be applied to its session by
+    :meth:`SessionStore.commit_adaptation`."""
+
+    param_set: ParamSet
+    steps: int
+    used: list[RecordedEpisode]
+    """The recorded episodes it was computed on (the recording forgets them once applied)."""
+
+
+def apply_adaptation(session: Session, adaptation: Adaptation) -> None:
+    """Swaps in the adapted parameters and counts the adaptation; the caller holds the
+    session's lock."""
+    session.param_set = adaptation.param_set  # the swap: one reference assignment
+    session.adaptation_steps += adaptation.steps
+    session.adaptations += 1
+    if adaptation.used and session.recording is not None:
+        session.recording.consume(adaptation.used)
+
+
 RemoveListener = Callable[[Session, str], None]
 
 
@@ -295,6 +352,34 @@ class SessionStore(abc.ABC):
     @abc.abstractmethod
     def save(self, session: Session) -> None:
         """Persists ``session`` after a change (parameters, counters, recording)."""
+
+    def save_recording(self, session: Session) -> None:
+        """Persists what ``session``'s recording got since the last call (its
+        :attr:`Recording.journal`): a shared store appends it."""
+        if session.recording is not None:
+            session.recording.journal.clear()
+
+    def claim_adaptation(self, session: Session) -> Any:
+        """Marks ``session`` as adapting for every replica (``Aborted`` if another Adapt holds
+        it, or the session changed since ``session`` was read); returns the claim for
+        :meth:`commit_adaptation` and :meth:`release_adaptation`. This process's own
+        ``Session.adapting`` flag is the caller's."""
+        return None
+
+    def commit_adaptation(
+        self, session: Session, claim: Any, adaptation: Adaptation, check: Callable[[], None]
+    ) -> None:
+        """Applies ``adaptation`` to ``session`` and persists it, all or nothing: ``check``
+        (called with the session's lock held) raises to refuse it (a reset meanwhile, a
+        cancelled call); a shared store raises ``Aborted`` when the session changed elsewhere
+        since the claim, and an error means nothing was applied."""
+        with session.lock:
+            check()
+            apply_adaptation(session, adaptation)
+
+    def release_adaptation(self, session: Session, claim: Any) -> None:
+        """Ends ``claim`` (after its commit, or instead of it)."""
+        return None
 
     @abc.abstractmethod
     def delete(self, session_id: str) -> None:
