@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from metarl.checkpoint import load_checkpoint, save_checkpoint
 from metarl.inner_loop import InnerLoopConfig
@@ -416,3 +417,32 @@ def test_symlinks_out_of_the_model_dir_are_refused(
     refusals = [r.getMessage() for r in caplog.records if "symbolic link out of" in r.message]
     assert len(refusals) == 2
     assert any("nav/2" in m for m in refusals) and any("nav/3" in m for m in refusals)
+
+
+def test_reflection_streams_count_as_streams(bundled_registry: Any) -> None:
+    with serving(bundled_registry, poll_interval=0, max_streams=2) as (server, channel):
+        held = [IdleStream(channel) for _ in range(2)]
+        try:
+            deadline = time.monotonic() + 5
+            while server.guard.active_streams < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            reflect = channel.stream_stream(
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+            )
+            with pytest.raises(grpc.RpcError) as err:
+                list(reflect(iter([b""]), timeout=5))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        finally:
+            for st in held:
+                st.close()
+        deadline = time.monotonic() + 5
+        while server.guard.active_streams and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ask = reflection_pb2.ServerReflectionRequest(list_services="")
+        out = list(
+            reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([ask]), timeout=5
+            )
+        )
+        names = [s.name for s in out[0].list_services_response.service]
+        assert "metarl.v1.PolicyService" in names

@@ -1,4 +1,6 @@
-"""Server interceptors: Prometheus metrics of every call, and bearer-token authentication."""
+"""Server interceptors: Prometheus metrics of every call, bearer-token authentication (with
+client names and admin tokens), and the concurrency guard that keeps streams from taking the
+threads of other calls and health checks."""
 
 from __future__ import annotations
 
@@ -114,7 +116,6 @@ def _same_pool(inner: Any, outer: Any) -> None:
 
 
 ADMIN_PREFIX = "/metarl.v1.ModelAdminService/"
-STREAM_ACT = "/metarl.v1.PolicyService/StreamAct"
 OWN_PREFIX = "/metarl.v1."
 
 CLIENT: ContextVar[str | None] = ContextVar("metarl_client", default=None)
@@ -235,7 +236,7 @@ class ConcurrencyGuard(grpc.ServerInterceptor):
     ``StreamAct`` stream lives as long as its client wants: enough idle streams would hold every
     thread, and then nothing (health checks included) is answered. So:
 
-    - ``StreamAct`` streams run on a pool of their own (gRPC's per-method
+    - ``StreamAct`` streams (and reflection's) run on a pool of their own (gRPC's per-method
       ``experimental_thread_pool``) of ``max_streams`` threads; a stream past that answers
       ``RESOURCE_EXHAUSTED`` at once (decided before the call is queued), as does a client's
       stream past ``max_streams_per_client`` (a client: its name from its token, else its
@@ -271,7 +272,7 @@ class ConcurrencyGuard(grpc.ServerInterceptor):
         self._handlers: dict[str, tuple[Handler, Handler]] = {}
         self._full = _refusal(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"the server serves its maximum of {max_streams} StreamAct streams (--max-streams): "
+            f"the server serves its maximum of {max_streams} streams (--max-streams): "
             "close streams you no longer use, use Act, or retry shortly",
         )
         self._closed = threading.Event()
@@ -288,21 +289,24 @@ class ConcurrencyGuard(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Any, details: Any) -> Any:
         method = details.method
-        if method == STREAM_ACT:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        if handler.stream_stream is not None:  # StreamAct, and reflection's stream
             with self._lock:
                 if self._active >= self.max_streams:
                     return self._full
                 self._active += 1
             try:
-                return self._wrapped(method, continuation(details), self._stream)
+                return self._wrapped(method, handler, self._stream)
             except BaseException:
                 self._release(None)
                 raise
         if method.startswith(HEALTH_PREFIX):
-            return self._wrapped(method, continuation(details), self._health)
+            return self._wrapped(method, handler, self._health)
         if method.startswith(OWN_PREFIX):
-            return self._wrapped(method, continuation(details), _lenient)
-        return continuation(details)
+            return self._wrapped(method, handler, _lenient)
+        return handler
 
     def _wrapped(self, method: str, handler: Handler, wrap: Callable[[Handler], Handler]) -> Any:
         if handler is None:
@@ -367,8 +371,8 @@ class ConcurrencyGuard(grpc.ServerInterceptor):
     def _reap(self) -> None:
         period = min(1.0, self.idle_timeout / 4)
         message = (
-            f"StreamAct stream closed after {self.idle_timeout:g} s without a message from the "
-            "client (--stream-idle-timeout): open a new stream"
+            f"stream closed after {self.idle_timeout:g} s without a message from the client "
+            "(--stream-idle-timeout): open a new stream"
         )
         while not self._closed.wait(period):
             now = time.monotonic()
