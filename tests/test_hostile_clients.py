@@ -446,3 +446,26 @@ def test_reflection_streams_count_as_streams(bundled_registry: Any) -> None:
         )
         names = [s.name for s in out[0].list_services_response.service]
         assert "metarl.v1.PolicyService" in names
+
+
+def test_the_issue_case_80_idle_streams_with_the_default_limits(bundled_registry: Any) -> None:
+    with serving(bundled_registry, poll_interval=0) as (server, channel):
+        s = stub(channel)
+        sid = create(s, CARTPOLE)
+        channels = [_separate_channel(server.port) for _ in range(2)]
+        streams = [IdleStream(channels[i % 2]) for i in range(80)]
+        try:
+            deadline = time.monotonic() + 10
+            while server.guard.active_streams < 80 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert server.guard.active_streams == 80
+            started = time.monotonic()
+            assert _health(channel, timeout=3) == health_pb2.HealthCheckResponse.SERVING
+            create(s, CARTPOLE)
+            s.Act(pb.ActRequest(session_id=sid, observations=to_tensor(OBS)), timeout=3)
+            assert time.monotonic() - started < 2
+        finally:
+            for st in streams:
+                st.close()
+            for ch in channels:
+                ch.close()
