@@ -148,6 +148,32 @@ def test_one_client_cannot_take_every_stream(bundled_registry: Any) -> None:
             other_channel.close()
 
 
+def test_a_named_client_has_one_stream_quota_over_all_its_connections(
+    bundled_registry: Any, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice tok-alice\nbob tok-bob\n")
+    with serving(
+        bundled_registry, poll_interval=0, auth_token_file=tokens, max_streams_per_client=2
+    ) as (server, channel):
+        other = _separate_channel(server.port)
+        alice = [
+            IdleStream(ch, metadata=_md("tok-alice"), timeout=30) for ch in (channel, other, other)
+        ]
+        bob = IdleStream(channel, metadata=_md("tok-bob"), timeout=30)
+        try:
+            refused = _wait_done([st.call for st in alice], 1)
+            time.sleep(0.3)
+            refused = [st.call for st in [*alice, bob] if st.call.done()]
+            assert len(refused) == 1 and refused[0] is not bob.call
+            assert refused[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert server.guard.active_streams == 3
+        finally:
+            for st in [*alice, bob]:
+                st.close()
+            other.close()
+
+
 def test_a_stream_that_sends_nothing_is_closed_cleanly(bundled_registry: Any) -> None:
     with serving(bundled_registry, poll_interval=0, stream_idle_timeout=0.5) as (_srv, channel):
         s = stub(channel)
@@ -187,6 +213,8 @@ def test_an_empty_token_file_refuses_to_start(
     tokens.write_text(content)
     with pytest.raises(SystemExit, match="holds no token"):
         create_server("[::]:0", bundled_registry, ServeConfig(auth_token_file=tokens))
+    with pytest.raises(SystemExit, match=r"--admin-token-file .* holds no token"):
+        create_server("[::]:0", bundled_registry, ServeConfig(admin_token_file=tokens))
     with pytest.raises(SystemExit, match="cannot read"):
         create_server("[::]:0", bundled_registry, ServeConfig(auth_token_file=tmp_path / "no"))
 

@@ -552,6 +552,7 @@ def serve(cfg: ServeConfig) -> None:
     seconds while still serving), then new calls are refused and in-flight calls get ``grace``
     seconds to finish."""
     setup_logging(cfg.log_level, cfg.log_format)
+    cfg.clients(), cfg.admin_tokens()  # fail closed (SystemExit) before anything starts
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
