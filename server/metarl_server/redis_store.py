@@ -649,10 +649,10 @@ class RedisSessionStore(SessionStore):
             if check is not None:
                 check()
             meta, params, rec = self._full_state(s, adaptation)
-        hook = self.hooks.get(f"before_{mode}")
-        if hook is not None:
-            hook(s)
         try:
+            hook = self.hooks.get(f"before_{mode}")
+            if hook is not None:
+                hook(s)
             found = self._write(
                 keys=[self._key(s.id), self._rec_key(s.id), self._index],
                 args=[s.id, self._ttl_ms(), mode, entry.rev, meta, params, rec, entry.seen, token],
