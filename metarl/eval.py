@@ -32,7 +32,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -47,7 +47,8 @@ from metarl.inner_loop import InnerLoopConfig
 from metarl.policies import Params, PolicySpec
 from metarl.sampling import episode_returns, sample_episodes
 
-METHODS = ("maml", "pretrained", "random")
+Method = Literal["maml", "pretrained", "random"]
+METHODS: tuple[Method, ...] = ("maml", "pretrained", "random")
 BASELINES = ("pretrained", "random")
 
 
@@ -87,6 +88,8 @@ class EvalConfig:
     threads: int = 1
     """Torch intra-op threads."""
     quiet: bool = False
+    methods: tuple[Method, ...] = METHODS
+    """Methods to evaluate: ``maml`` alone skips the baselines' training and tuning."""
     """No progress messages on stderr."""
 
 
@@ -107,13 +110,15 @@ class EvalResult:
     selection_tasks: int = 0
     """Training tasks the baselines' settings were chosen on."""
 
-    def best_baseline(self) -> list[float]:
-        """After each step, the better of the fine-tuned baselines' mean returns."""
-        return [max(xs) for xs in zip(*(self.returns[m] for m in BASELINES), strict=True)]
+    def best_baseline(self) -> list[float] | None:
+        """After each step, the better of the fine-tuned baselines' mean returns (None when no
+        baseline was evaluated)."""
+        ran = [self.returns[m] for m in BASELINES if m in self.returns]
+        return [max(xs) for xs in zip(*ran, strict=True)] if ran else None
 
     def to_json(self) -> dict[str, Any]:
         best = self.best_baseline()
-        return {
+        out: dict[str, Any] = {
             "env_id": self.env_id,
             "num_tasks": self.num_tasks,
             "seed": self.seed,
@@ -126,11 +131,13 @@ class EvalResult:
                 "criterion": "mean return after 1..K inner steps on training tasks",
                 **{m: ft.to_json() for m, ft in self.fine_tuning.items()},
             },
-            "best_baseline": best,
-            "maml_minus_best_baseline": [
-                round(a - b, 4) for a, b in zip(self.returns["maml"], best, strict=True)
-            ],
         }
+        if best is not None:
+            out["best_baseline"] = best
+            out["maml_minus_best_baseline"] = [
+                round(a - b, 4) for a, b in zip(self.returns["maml"], best, strict=True)
+            ]
+        return out
 
 
 @dataclass
@@ -276,6 +283,8 @@ def evaluate(cfg: EvalConfig, ckpt: Checkpoint | None = None) -> EvalResult:
     """Runs the evaluation ``cfg`` describes (on ``ckpt`` if given, else on ``cfg.checkpoint``)."""
     if cfg.tasks < 1 or cfg.adapt_steps < 0:
         raise ValueError("--tasks must be at least 1 and --adapt-steps at least 0")
+    if "maml" not in cfg.methods:
+        raise UsageError("--methods must include maml (the baselines are compared against it)")
     torch.set_num_threads(cfg.threads)
     if ckpt is None:
         ckpt = load_checkpoint(resolve_checkpoint(cfg.checkpoint))
@@ -299,23 +308,24 @@ def evaluate(cfg: EvalConfig, ckpt: Checkpoint | None = None) -> EvalResult:
     inits: dict[str, tuple[Params, float | Params | None]] = {
         "maml": (ckpt.params, ckpt.learning_rates),
     }
-    _log(cfg, f"pretrained baseline: {cfg.pretrain_iterations} iterations of multi-task training")
-    inits["pretrained"] = (
-        pretrain_multitask(
-            batched_cls,
-            spec,
-            inner,
-            iterations=cfg.pretrain_iterations,
-            tasks_per_iteration=cfg.pretrain_tasks,
-            episodes_per_task=episodes,
-            lr=cfg.pretrain_lr,
-            rng=np.random.default_rng(pretrain_ss),
-            generator=torch.Generator().manual_seed(_torch_seed(pretrain_ss)),
-        ),
-        None,
-    )
+    if "pretrained" in cfg.methods:
+        _log(cfg, f"pretrained: {cfg.pretrain_iterations} iterations of multi-task training")
+        inits["pretrained"] = (
+            pretrain_multitask(
+                batched_cls,
+                spec,
+                inner,
+                iterations=cfg.pretrain_iterations,
+                tasks_per_iteration=cfg.pretrain_tasks,
+                episodes_per_task=episodes,
+                lr=cfg.pretrain_lr,
+                rng=np.random.default_rng(pretrain_ss),
+                generator=torch.Generator().manual_seed(_torch_seed(pretrain_ss)),
+            ),
+            None,
+        )
     random_gen = torch.Generator().manual_seed(_torch_seed(random_ss))
-    inits["random"] = (policies.init_params(spec, random_gen), None)
+    inits["random"] = (policies.init_params(spec, random_gen), None)  # (cheap: always drawn)
 
     # Each baseline's fine-tuning (learning rate, exploration std), chosen on training tasks.
     alpha = inner.lr
@@ -326,7 +336,7 @@ def evaluate(cfg: EvalConfig, ckpt: Checkpoint | None = None) -> EvalResult:
         half = torch.as_tensor((space.high - space.low) / 2, dtype=torch.float32)  # type: ignore[attr-defined]
         stds = [None if s == 0 else s * half for s in dict.fromkeys(cfg.baseline_stds)]
     fine_tuning: dict[str, FineTuning] = {}
-    for method in BASELINES:
+    for method in (m for m in BASELINES if m in cfg.methods):
         _log(cfg, f"{method}: choosing its fine-tuning on {cfg.baseline_tasks} training tasks "
                   f"({len(lrs)} learning rates x {len(stds)} stds)")  # fmt: skip
         params, _ = inits[method]
@@ -339,7 +349,7 @@ def evaluate(cfg: EvalConfig, ckpt: Checkpoint | None = None) -> EvalResult:
 
     env = batched_cls(cfg.tasks * episodes)
     per_task: dict[str, np.ndarray] = {}
-    for method in METHODS:
+    for method in (m for m in METHODS if m in cfg.methods):
         _log(cfg, f"{method}: {cfg.tasks} tasks x {episodes} episodes, {cfg.adapt_steps} steps")
         params, lr = inits[method]
         per_task[method] = adaptation_curve(
@@ -391,6 +401,7 @@ def format_fine_tuning(result: EvalResult) -> str:
         for r in [header, *rows]:
             lines.append("  " + "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
     best = result.best_baseline()
+    assert best is not None  # (called when a baseline was fine-tuned)
     diffs = ", ".join(
         f"{d:+.2f} after {j}" for j, d in enumerate(
             a - b for a, b in zip(result.returns["maml"], best, strict=True)

@@ -210,3 +210,17 @@ def test_cartpole_baselines_tune_only_the_learning_rate(tmp_path: Path) -> None:
     for ft in result.fine_tuning.values():
         assert [(g["lr"], g["std"]) for g in ft.grid] == [(0.5, None), (1.0, None)]
         assert ft.std is None
+
+
+def test_eval_of_maml_alone_gives_the_same_maml_curve(
+    nav_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--methods maml skips the baselines (their training and tuning) and leaves maml's own
+    numbers as they are with them."""
+    every = _eval_json(nav_checkpoint, capsys, "--seed", "3")
+    alone = _eval_json(nav_checkpoint, capsys, "--seed", "3", "--methods", "maml")
+    assert alone["returns"] == {"maml": every["returns"]["maml"]}  # type: ignore[index]
+    assert "best_baseline" not in alone
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["eval", str(nav_checkpoint), *TINY, "--methods", "random"])
+    assert exc.value.code == 2
