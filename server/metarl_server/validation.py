@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.proto.metarl.v1 import tensor_pb2
 from metarl_client.tensors import TensorError, from_tensor
-from metarl_server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from metarl_server.errors import InvalidArgument, ResourceExhausted
 from metarl_server.registry import PolicyVersion
 
 _LITTLE_ENDIAN = sys.byteorder == "little"
@@ -247,49 +247,3 @@ def feedback(fb: pb.StepFeedback) -> pb.StepFeedback:
     if not np.isfinite(fb.reward):
         raise InvalidArgument(f"feedback.reward must be a finite number, got {fb.reward}")
     return fb
-
-
-MAX_LOG_STD = 10.0
-"""Largest log standard deviation an adapted Gaussian policy may have (std ≈ 22,000)."""
-MIN_LOG_STD = -20.0
-"""Smallest (std ≈ 2e-9): below, log-probabilities of any other action are absurd."""
-MAX_ABS_MEAN = 1e6
-"""Largest action mean an adapted Gaussian policy may give on the episodes it adapted on."""
-_CHECK_ROWS = 8192
-
-
-def check_policy_outputs(pv: PolicyVersion, params: Any, eps: list[Episode]) -> None:
-    """Refuses (``FailedPrecondition``) adapted parameters whose actions would be non-finite or
-    absurd: the Gaussian's ``exp(log_std)`` finite and within [exp(-20), exp(10)], and the
-    policy's output on every observation of ``eps`` finite (for a Gaussian, means within
-    ±1e6). ``params`` is the adapted ``ParamSet``."""
-    how = (
-        "the session keeps its parameters: send episodes with smaller rewards or observations, "
-        "or ask for fewer steps"
-    )
-    log_std = getattr(params, "log_std", None)
-    if log_std is not None:
-        ok = np.isfinite(log_std).all() and log_std.min() >= MIN_LOG_STD
-        if not (ok and log_std.max() <= MAX_LOG_STD):
-            raise FailedPrecondition(
-                "adaptation refused: the adapted policy's log standard deviation would be "
-                f"{float(log_std.min()):.3g}..{float(log_std.max()):.3g}, outside "
-                f"[{MIN_LOG_STD:g}, {MAX_LOG_STD:g}] (its actions would be absurd); {how}"
-            )
-    policy = pv.policy
-    gaussian = not policy.arch.categorical
-    for obs, _, _ in eps:
-        for start in range(0, len(obs), _CHECK_ROWS):
-            with np.errstate(all="ignore"):
-                out = policy.forward(params, obs[start : start + _CHECK_ROWS])
-            if not np.isfinite(out).all():
-                raise FailedPrecondition(
-                    "adaptation refused: the adapted policy's output on the episodes' own "
-                    f"observations is not finite; {how}"
-                )
-            if gaussian and out.size and float(np.abs(out).max()) > MAX_ABS_MEAN:
-                raise FailedPrecondition(
-                    "adaptation refused: the adapted policy's mean action on the episodes' own "
-                    f"observations reaches {float(np.abs(out).max()):.3g} (more than "
-                    f"{MAX_ABS_MEAN:g}); {how}"
-                )

@@ -232,6 +232,7 @@ def adapt(job: AdaptJob) -> AdaptResult:
             "adaptation diverged (non-finite parameters); the session keeps its parameters: "
             "ask for fewer steps or send other episodes"
         )
+    _check_outputs(spec, adapted, batch)
     return AdaptResult(
         params=flat.numpy(),
         loss_before=float(loss_before.item()),
@@ -239,6 +240,53 @@ def adapt(job: AdaptJob) -> AdaptResult:
         transitions=int((batch.weights > 0).sum().item()),
         compute_seconds=time.perf_counter() - start,
     )
+
+
+MAX_LOG_STD = 10.0
+"""Largest log standard deviation an adapted Gaussian policy may have (std ≈ 22,000)."""
+MIN_LOG_STD = -20.0
+"""Smallest (std ≈ 2e-9): below it the log-probability of any other action is absurd."""
+MAX_ABS_MEAN = 1e6
+"""Largest action mean an adapted Gaussian policy may give on the episodes it adapted on."""
+
+
+def _check_outputs(spec: Any, adapted: dict[str, Any], batch: Any) -> None:
+    """Refuses adapted parameters whose actions would be non-finite or absurd, though every
+    parameter is finite: a Gaussian's log standard deviation outside [MIN_LOG_STD,
+    MAX_LOG_STD], or the policy's output on the episodes' own observations not finite (for a
+    Gaussian mean, beyond ±MAX_ABS_MEAN). One forward pass, here rather than in the serving
+    process."""
+    import torch
+
+    from metarl import policies
+
+    how = (
+        "the session keeps its parameters: send episodes with smaller rewards or observations, "
+        "or ask for fewer steps"
+    )
+    if "log_std" in adapted:
+        log_std = adapted["log_std"]
+        low, high = float(log_std.min()), float(log_std.max())
+        if not (low >= MIN_LOG_STD and high <= MAX_LOG_STD):
+            raise AdaptationError(
+                "adaptation refused: the adapted policy's log standard deviation would be "
+                f"{low:.3g}..{high:.3g}, outside [{MIN_LOG_STD:g}, {MAX_LOG_STD:g}] (its "
+                f"actions would be absurd); {how}"
+            )
+    with torch.no_grad():
+        out = policies.forward(spec, adapted, batch.observations)[batch.weights > 0]
+    if not bool(torch.isfinite(out).all()):
+        raise AdaptationError(
+            "adaptation refused: the adapted policy's output on the episodes' own observations "
+            f"is not finite; {how}"
+        )
+    if spec.distribution != "categorical" and out.numel():
+        largest = float(out.abs().max())
+        if largest > MAX_ABS_MEAN:
+            raise AdaptationError(
+                "adaptation refused: the adapted policy's mean action on the episodes' own "
+                f"observations reaches {largest:.3g} (more than {MAX_ABS_MEAN:g}); {how}"
+            )
 
 
 def _flatten(spec: Any, params: dict[str, Any]) -> Any:
