@@ -14,8 +14,13 @@ from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
 
-RETRIED_METHODS = ("ListPolicies", "GetSession", "DeleteSession")
-"""Idempotent calls that gRPC itself retries on UNAVAILABLE (the channel's retry policy)."""
+RETRIED_METHODS = ("ListPolicies", "GetSession", "DeleteSession", "CreateSession", "ResetSession")
+"""Calls that gRPC itself retries on UNAVAILABLE (the channel's retry policy): the idempotent
+ones, and CreateSession (a server that is still loading its policies answers UNAVAILABLE; a retry
+after a connection lost mid-call may leave one unused session behind, which expires with the
+session TTL). The server's ``grpc-retry-pushback-ms`` (0.5, 1, 2, 4 s) sets the waits while
+it loads or drains. Act, StreamAct, ReportFeedback and Adapt are not retried: each changes its
+session, so a retry after a lost answer could apply twice."""
 
 RETRY_POLICY: dict[str, Any] = {
     # gRPC caps maxAttempts at 5. Attempt n waits random(0, min(0.5 s * 2^(n-1), 5 s)), so

@@ -82,9 +82,10 @@ class PolicyClient:
             ``interceptors`` are then ignored, and so is the retry policy unless the channel
             has it); the client closes it on :meth:`close`.
 
-    ListPolicies, GetSession and DeleteSession are idempotent: the channel's retry policy
-    retries them on UNAVAILABLE (for example while the server restarts). Other calls fail
-    with :class:`~metarl_client.errors.Unavailable` at once. Failed calls raise the typed
+    ListPolicies, GetSession, DeleteSession, ResetSession and CreateSession are retried by the
+    channel's retry policy on UNAVAILABLE (for example while the server restarts or is still
+    loading its policies, for up to about 7.5 s). Other calls fail with
+    :class:`~metarl_client.errors.Unavailable` at once. Failed calls raise the typed
     exceptions of :mod:`metarl_client.errors`, keeping the server's message.
 
     Thread-safe: share one client (and its connection) among threads.

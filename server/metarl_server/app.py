@@ -50,6 +50,11 @@ log = logging.getLogger("metarl_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
 ADMIN_SERVICE_NAME = admin_pb.DESCRIPTOR.services_by_name["ModelAdminService"].full_name
 ENV_PREFIX = "METARL_"
+LOADING = (
+    "loading policies: the server has just started and answers once they are loaded; retry "
+    "shortly (the SDK's retry policy does)"
+)
+DRAINING = "the server is shutting down: retry (another replica, or this one once restarted)"
 
 
 # -- configuration from flags and environment variables ----------------------------------------
@@ -323,6 +328,13 @@ class Server:
         self._listener = self._on_scan
         self.registry.listeners.append(self._listener)
 
+    def refuse_calls(self, message: str | None) -> None:
+        """Answers every PolicyService call UNAVAILABLE ``message`` (retryable, with a retry
+        pushback) until called with None: :data:`LOADING` until the first policies are loaded,
+        :data:`DRAINING` once stopping."""
+        if self.guard is not None:
+            self.guard.refuse_calls(message)
+
     def set_serving(self, serving: bool) -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING
@@ -370,6 +382,7 @@ class Server:
 
     def stop(self, grace: float | None) -> threading.Event:
         self.set_serving(False)
+        self.refuse_calls(DRAINING)  # calls that slip in before gRPC itself refuses them
         self._stopping.set()
         stopped = self.grpc_server.stop(grace)
         done = threading.Event()
@@ -576,7 +589,11 @@ def serve(cfg: ServeConfig) -> None:
     except BaseException:
         adapter.close()
         raise
-    server.start()  # health NOT_SERVING until the workers are up and the policies loaded
+    # Health NOT_SERVING, and every PolicyService call UNAVAILABLE (retryable), until the
+    # workers are up and the policies loaded: never an empty list or NOT_FOUND for a policy
+    # that is about to be served.
+    server.refuse_calls(LOADING)
+    server.start()
     try:
         started = time.perf_counter()
         adapter.start()
@@ -606,6 +623,7 @@ def serve(cfg: ServeConfig) -> None:
             log.info("stopped before any policy was loaded")
             return
         raise UserError("no policy could be loaded: see the log lines above")
+    server.refuse_calls(None)
     server.set_serving(True)
     print(f"metarl server listening on port {port}", flush=True)
     names = ", ".join(f"{v[-1].name}@{v[-1].version}" for v in registry.list())

@@ -116,6 +116,7 @@ def _same_pool(inner: Any, outer: Any) -> None:
 
 
 ADMIN_PREFIX = "/metarl.v1.ModelAdminService/"
+POLICY_PREFIX = "/metarl.v1.PolicyService/"
 OWN_PREFIX = "/metarl.v1."
 
 CLIENT: ContextVar[str | None] = ContextVar("metarl_client", default=None)
@@ -194,6 +195,28 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if client[1] is not None:
             CLIENT.set(client[1])
         return continuation(details)
+
+
+RETRY_PUSHBACK_MS = (500, 1000, 2000, 4000)
+"""How long a client's gRPC retry policy waits before its next attempt at a call refused while
+the server loads or drains (``grpc-retry-pushback-ms``), by the attempts it already made (the
+``grpc-previous-rpc-attempts`` header): 7.5 s in all over gRPC's most of 5 attempts, where the
+channel's own random backoff could spend them in a fraction of a second."""
+
+
+def _unavailable(message: str) -> Handler:
+    """Like :func:`_refusal` with UNAVAILABLE, and a retry pushback (:data:`RETRY_PUSHBACK_MS`)."""
+
+    def refuse(request_iterator: Any, context: Any) -> Any:
+        attempts = 0
+        for key, value in context.invocation_metadata():
+            if key == "grpc-previous-rpc-attempts":
+                attempts = int(value) if str(value).isdigit() else 0
+        pushback = RETRY_PUSHBACK_MS[min(attempts, len(RETRY_PUSHBACK_MS) - 1)]
+        context.set_trailing_metadata((("grpc-retry-pushback-ms", str(pushback)),))
+        context.abort(grpc.StatusCode.UNAVAILABLE, message)
+
+    return grpc.stream_stream_rpc_method_handler(refuse)
 
 
 def _refusal(code: grpc.StatusCode, message: str) -> Handler:
@@ -275,6 +298,7 @@ class ConcurrencyGuard(grpc.ServerInterceptor):
             f"the server serves its maximum of {max_streams} streams (--max-streams): "
             "close streams you no longer use, use Act, or retry shortly",
         )
+        self._unavailable: Handler | None = None
         self._closed = threading.Event()
         self._reaper: threading.Thread | None = None
         if idle_timeout > 0:
@@ -287,8 +311,20 @@ class ConcurrencyGuard(grpc.ServerInterceptor):
     def active_streams(self) -> int:
         return self._active
 
+    def refuse_calls(self, message: str | None) -> None:
+        """Answers every ``PolicyService`` call with UNAVAILABLE ``message`` (None: serve them
+        again): while the first policies load, and while the server drains. Health,
+        reflection and the admin service (ReloadModels loads policies) stay open."""
+        self._unavailable = _unavailable(message) if message is not None else None
+
+    @property
+    def refusing(self) -> bool:
+        return self._unavailable is not None
+
     def intercept_service(self, continuation: Any, details: Any) -> Any:
         method = details.method
+        if self._unavailable is not None and method.startswith(POLICY_PREFIX):
+            return self._unavailable
         handler = continuation(details)
         if handler is None:
             return None

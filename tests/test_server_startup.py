@@ -1,0 +1,131 @@
+"""Ready means ready: from the instant its port opens, a starting ``metarl serve`` answers every
+PolicyService call UNAVAILABLE ("loading policies", retryable) until its policies are loaded,
+never an empty list or NOT_FOUND; health stays NOT_SERVING until then; the SDK rides it out."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from metarl_client import PolicyClient
+from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
+from metarl_client.proto.metarl.v1 import policy_service_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+LOAD_DELAY = 0.25  # seconds the slowed server sleeps before loading its policies
+
+# `python -m metarl_server`, with the policy load held back LOAD_DELAY seconds (after the port
+# opened), so the test surely calls while the server is still loading.
+SLOW_SERVER = f"""
+import time
+import metarl_server.app as app
+from metarl_server.__main__ import main
+build_into = app.build_into
+def slow_build_into(registry, cfg):
+    time.sleep({LOAD_DELAY})
+    return build_into(registry, cfg)
+app.build_into = slow_build_into
+main()
+"""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        s.bind(("::", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("localhost", port), timeout=0.05).close()
+            return
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the port never opened"
+            time.sleep(0.002)
+
+
+def test_calls_from_the_instant_the_port_opens_are_unavailable_until_loaded() -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SERVER, "--port", str(port)],
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", "METARL_GRACE": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    target = f"localhost:{port}"
+    sdk_results: list[Any] = []
+
+    # a client that starts with its server: the SDK's retry policy (with the server's pushback:
+    # 7.5 s in all) rides the load out (~1 s on a quiet machine, 4 s on a busy one)
+    def sdk_user() -> None:
+        try:
+            with PolicyClient(target) as client:
+                session = client.create_session("cartpole-family", seed=0)
+                sdk_results.append((session.id, client.list_policies()))
+        except Exception as exc:  # reported by the assertion below
+            sdk_results.append(exc)
+
+    try:
+        _wait_for_port(port, proc)
+        sdk = threading.Thread(target=sdk_user)
+        sdk.start()
+        # a raw channel without retries sees each answer
+        with grpc.insecure_channel(target, options=[("grpc.enable_retries", 0)]) as channel:
+            s = pb_grpc.PolicyServiceStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            refused: list[tuple[str, grpc.StatusCode, str]] = []
+            health_while_refusing = set()
+            deadline = time.monotonic() + 60
+            while True:
+                assert time.monotonic() < deadline, "never served"
+                try:
+                    policies = s.ListPolicies(pb.ListPoliciesRequest(), timeout=5).policies
+                    created = s.CreateSession(
+                        pb.CreateSessionRequest(policy="cartpole-family"), timeout=5
+                    )
+                    break
+                except grpc.RpcError as err:
+                    refused.append(("call", err.code(), err.details()))
+                # the other calls are refused the same way (no session exists yet: it would be
+                # NOT_FOUND once serving)
+                try:
+                    list(s.StreamAct(iter([pb.StreamActRequest(session_id="x")]), timeout=5))
+                except grpc.RpcError as err:
+                    refused.append(("StreamAct", err.code(), err.details()))
+                status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                health_while_refusing.add(status)
+        assert refused, "the load was slowed: the first calls must have been refused"
+        for what, code, details in refused:
+            if what == "StreamAct" and code == grpc.StatusCode.NOT_FOUND:
+                continue  # (loaded between the two calls)
+            assert code == grpc.StatusCode.UNAVAILABLE, (what, code, details)
+            assert details.startswith("loading policies"), details
+        assert health_pb2.HealthCheckResponse.NOT_SERVING in health_while_refusing
+        assert sorted(p.name for p in policies) == ["cartpole-family", "navigation-2d"]
+        assert created.session.policy == "cartpole-family"
+        status = health_pb2_grpc.HealthStub(grpc.insecure_channel(target)).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        sdk.join(30)
+        assert len(sdk_results) == 1 and not isinstance(sdk_results[0], Exception), sdk_results
+        sid, listed = sdk_results[0]
+        assert sid and sorted(p.name for p in listed) == ["cartpole-family", "navigation-2d"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
