@@ -300,12 +300,7 @@ class ConcurrencyGuard(grpc.ServerInterceptor):
         )
         self._unavailable: Handler | None = None
         self._closed = threading.Event()
-        self._reaper: threading.Thread | None = None
-        if idle_timeout > 0:
-            self._reaper = threading.Thread(
-                target=self._reap, name="metarl-stream-reaper", daemon=True
-            )
-            self._reaper.start()
+        self._reaper: threading.Thread | None = None  # started with the first stream
 
     @property
     def active_streams(self) -> int:
@@ -333,6 +328,11 @@ class ConcurrencyGuard(grpc.ServerInterceptor):
                 if self._active >= self.max_streams:
                     return self._full
                 self._active += 1
+                if self._reaper is None and self.idle_timeout > 0:
+                    self._reaper = threading.Thread(
+                        target=self._reap, name="metarl-stream-reaper", daemon=True
+                    )
+                    self._reaper.start()
             try:
                 return self._wrapped(method, handler, self._stream)
             except BaseException:
