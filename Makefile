@@ -35,9 +35,12 @@ check-proto: proto
 	  && test -z "$$(git status --porcelain -- client/metarl_client/proto)" \
 	  || (echo "generated stubs are stale: run 'make proto' and commit the result" >&2; exit 1)
 
+# ruff, mypy, and buf lint (STANDARD, proto/buf.yaml) of the contract with the pinned buf that
+# scripts/ensure-buf.sh installs into .tools/ (from npm).
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	cd proto && "$$(../scripts/ensure-buf.sh)" lint
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest

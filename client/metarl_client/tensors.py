@@ -9,7 +9,7 @@ from numpy.typing import NDArray
 
 from metarl_client.proto.metarl.v1 import tensor_pb2
 
-_TO_NUMPY: dict[tensor_pb2.DType, np.dtype[Any]] = {
+_TO_NUMPY: dict[tensor_pb2.Dtype, np.dtype[Any]] = {
     tensor_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
     tensor_pb2.DTYPE_FLOAT64: np.dtype("<f8"),
     tensor_pb2.DTYPE_INT32: np.dtype("<i4"),
@@ -45,8 +45,8 @@ def from_tensor(tensor: tensor_pb2.Tensor, name: str = "tensor") -> NDArray[Any]
     """Decodes a tensor, checking that its dtype is known and that ``data`` fits ``shape``."""
     dtype = _TO_NUMPY.get(tensor.dtype)
     if dtype is None:
-        known = tensor.dtype in tensor_pb2.DType.values()
-        label = tensor_pb2.DType.Name(tensor.dtype) if known else str(tensor.dtype)
+        known = tensor.dtype in tensor_pb2.Dtype.values()
+        label = tensor_pb2.Dtype.Name(tensor.dtype) if known else str(tensor.dtype)
         raise TensorError(
             f"{name}: dtype {label} is not supported: use DTYPE_FLOAT32, DTYPE_FLOAT64, "
             "DTYPE_INT32 or DTYPE_INT64"

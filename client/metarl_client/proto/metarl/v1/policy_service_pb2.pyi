@@ -27,8 +27,8 @@ class BoxSpace(_message.Message):
     shape: _containers.RepeatedScalarFieldContainer[int]
     low: _containers.RepeatedScalarFieldContainer[float]
     high: _containers.RepeatedScalarFieldContainer[float]
-    dtype: _tensor_pb2.DType
-    def __init__(self, shape: _Optional[_Iterable[int]] = ..., low: _Optional[_Iterable[float]] = ..., high: _Optional[_Iterable[float]] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ...) -> None: ...
+    dtype: _tensor_pb2.Dtype
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., low: _Optional[_Iterable[float]] = ..., high: _Optional[_Iterable[float]] = ..., dtype: _Optional[_Union[_tensor_pb2.Dtype, str]] = ...) -> None: ...
 
 class DiscreteSpace(_message.Message):
     __slots__ = ("n", "start")
