@@ -272,6 +272,8 @@ def test_no_checkpoint_written_is_not_reported_as_written(tmp_path: Path) -> Non
         (["--checkpoint", "nope/1"], 2, ["--checkpoint nope/1: does not exist", "navigation-2d/1"]),
         (["--model-dir", "no-such-dir"], 2, ["--model-dir no-such-dir: does not exist"]),
         (["--checkpoint", "."], 2, ["is not a checkpoint", "--model-dir"]),
+        (["--port", "99999"], 2, ["--port 99999: not a port", "0 to 65535"]),
+        (["--tls-cert", "no.pem", "--tls-key", "no.key"], 2, ["--tls-cert no.pem: does not exist"]),
     ],
 )
 def test_serve_mistakes(args: list[str], code: int, words: list[str], tmp_path: Path) -> None:

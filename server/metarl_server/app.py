@@ -574,6 +574,7 @@ def serve(cfg: ServeConfig) -> None:
 
     # A user's mistake is one line before anything starts: a missing checkpoint or model
     # directory, a busy port.
+    _check_options(cfg)
     sources = _check_sources(cfg)
     problem = _bind_problem(cfg.host, cfg.port)
     if problem:
@@ -659,6 +660,22 @@ def _auth_summary(cfg: ServeConfig) -> str:
         if admins
         else "; client tokens may call the admin service"
     )
+
+
+def _check_options(cfg: ServeConfig) -> None:
+    """Raises a :class:`UsageError` (one line) for a port out of range or TLS files that are
+    missing or incomplete, before anything starts."""
+    for flag, port in (("--port", cfg.port), ("--metrics-port", cfg.metrics_port)):
+        if port is not None and not 0 <= port <= 65535:
+            raise UsageError(f"{flag} {port}: not a port; pass 0 to 65535 (0 picks a free one)")
+    tls = (("--tls-cert", cfg.tls_cert), ("--tls-key", cfg.tls_key))
+    for flag, path in (*tls, ("--tls-client-ca", cfg.tls_client_ca)):
+        if path is not None and not path.is_file():
+            raise NotFoundError(f"{flag} {path}: does not exist or is not a file; pass a PEM file")
+    if (cfg.tls_cert is None) != (cfg.tls_key is None) or (
+        cfg.tls_client_ca is not None and cfg.tls_cert is None
+    ):
+        raise UsageError("TLS needs both --tls-cert and --tls-key (and --tls-client-ca needs them)")
 
 
 def _check_sources(cfg: ServeConfig) -> str:
