@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -336,3 +337,23 @@ def test_a_corrupt_recording_event_is_data_loss(replicas, redis_server) -> None:
     with pytest.raises(grpc.RpcError) as err:
         act(b.stub, sid, PROBE[0])
     assert err.value.code() == grpc.StatusCode.DATA_LOSS
+
+
+def test_a_dead_replicas_adapt_claim_lapses(replicas, bundled_registry, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """A replica that died mid-Adapt (a store that claimed and never renews) blocks the
+    session's Adapts only until its claim lapses."""
+    from metarl_server.redis_store import RedisSessionStore
+
+    b = replicas()
+    sid = create(b.stub, POLICY, seed=9)
+    dead = RedisSessionStore(redis_server.url, bundled_registry, adapt_lease_seconds=0.5)
+    try:
+        dead.claim_adaptation(dead.get(sid))
+        assert b.adapt(sid, _episodes(9)) == grpc.StatusCode.ABORTED
+        deadline = time.monotonic() + 5
+        while b.adapt(sid, _episodes(9)) != grpc.StatusCode.OK:
+            assert time.monotonic() < deadline, "the claim never lapsed"
+            time.sleep(0.1)
+        assert b.info(sid).adaptations == 1
+    finally:
+        dead.close()

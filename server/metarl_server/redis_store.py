@@ -519,6 +519,8 @@ class RedisSessionStore(SessionStore):
             events = self._events(found[1])
             with s.lock:
                 if s.recording is not None:
+                    if s.recording.journal:  # steps of ours not yet appended would come after
+                        return False  # these in Redis: read it whole instead
                     s.recording.replay(events)
         except (ValueError, TypeError, KeyError) as exc:
             self._drop(s.id, "corrupt")
@@ -590,6 +592,8 @@ class RedisSessionStore(SessionStore):
         lock): the list stays short, loading stays fast."""
         s = entry.session
         with s.lock:
+            if s.recording is not None and s.recording.journal:
+                return  # (steps not yet appended: the stored recording must not have them)
             meta, params, rec = self._full_state(s, None)
         try:
             found = self._write(
