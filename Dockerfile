@@ -10,10 +10,11 @@ COPY constraints.txt ./
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
 
 COPY client/ client/
+COPY envs/ envs/
 COPY pyproject.toml README.md ./
 COPY metarl/ metarl/
 COPY server/ server/
-RUN pip install -c constraints.txt ./client . \
+RUN pip install -c constraints.txt ./client ./envs . \
     && useradd --system --uid 10001 --no-create-home metarl
 
 USER metarl

@@ -12,9 +12,9 @@ DEV_STAMP := $(VENV)/.dev-installed-stamp
 # the client; no development tools.
 install: $(STAMP)
 
-$(STAMP): pyproject.toml client/pyproject.toml constraints.txt
+$(STAMP): pyproject.toml client/pyproject.toml envs/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet -c constraints.txt -e ./client -e '.[plot]'
+	$(PIP) install --quiet -c constraints.txt -e ./client -e ./envs -e '.[plot]'
 	touch $@
 
 # The development tools on top (pytest, ruff, mypy, grpcio-tools, ...): test, lint and proto
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml client/pyproject.toml constraints.txt
 dev: $(DEV_STAMP)
 
 $(DEV_STAMP): $(STAMP)
-	$(PIP) install --quiet -c constraints.txt -e ./client -e '.[dev]'
+	$(PIP) install --quiet -c constraints.txt -e ./client -e ./envs -e '.[dev]'
 	touch $@
 
 # Regenerate the Python stubs in client/metarl_client/proto from proto/ (grpcio-tools is pinned).

@@ -27,6 +27,7 @@ _USER_ERRORS = {
     ("metarl.config", "ConfigError"): 2,
     ("metarl.checkpoint", "CheckpointError"): 1,
     ("metarl.lineage", "WarmStartError"): 2,
+    ("metarl_envs", "UnknownFamily"): 2,  # the light task-family package cannot import this one
 }
 
 

@@ -1,6 +1,9 @@
 """Task families, registered with gymnasium under the ``metarl/`` namespace on import.
 
-See :mod:`metarl.envs.base` for the task API and how to add a family of your own.
+The distribution ``metarl-envs``: gymnasium and numpy only (no torch), so a client machine can
+run the families next to ``metarl-client``; the ``metarl`` package re-exports it as
+``metarl.envs``. See :mod:`metarl_envs.base` for the task API and how to add a family of your
+own.
 """
 
 from __future__ import annotations
@@ -10,12 +13,11 @@ import re
 
 import gymnasium as gym
 
-from metarl.envs.base import BatchedTaskEnv, Task, TaskFamilyEnv, TaskFamilyVectorEnv
-from metarl.envs.base import vector_entry_point as _vector_entry_point
-from metarl.envs.cartpole_family import BatchedCartPoleFamily, CartPoleFamilyEnv
-from metarl.envs.navigation import BatchedNavigation2D, Navigation2DEnv
-from metarl.envs.pendulum_family import BatchedPendulumFamily, PendulumFamilyEnv
-from metarl.errors import UsageError
+from metarl_envs.base import BatchedTaskEnv, Task, TaskFamilyEnv, TaskFamilyVectorEnv
+from metarl_envs.base import vector_entry_point as _vector_entry_point
+from metarl_envs.cartpole_family import BatchedCartPoleFamily, CartPoleFamilyEnv
+from metarl_envs.navigation import BatchedNavigation2D, Navigation2DEnv
+from metarl_envs.pendulum_family import BatchedPendulumFamily, PendulumFamilyEnv
 
 _FAMILIES: dict[str, type[TaskFamilyEnv]] = {}
 _POLICY_NAMES: dict[str, str] = {}
@@ -23,8 +25,11 @@ OPTIONAL_FAMILIES = {"metarl/HalfCheetahVel-v0": "pip install 'metarl[mujoco]'"}
 """Families registered only when their extra is installed, and the command that installs it."""
 
 
-class UnknownFamily(UsageError, KeyError):
-    """No task family is registered under that id (a usage error; also a ``KeyError``)."""
+class UnknownFamily(KeyError):
+    """No task family is registered under that id (a ``KeyError``; ``metarl``'s command line
+    reports it as a usage error, exit status 2)."""
+
+    exit_code = 2
 
     def __str__(self) -> str:  # KeyError's would quote the message
         return str(self.args[0]) if self.args else ""
@@ -97,7 +102,7 @@ register_family("metarl/CartPoleFamily-v0", CartPoleFamilyEnv, policy_name="cart
 register_family("metarl/Navigation2D-v0", Navigation2DEnv, policy_name="navigation-2d")
 register_family("metarl/PendulumFamily-v0", PendulumFamilyEnv, policy_name="pendulum-family")
 if importlib.util.find_spec("mujoco") is not None:  # the optional extra metarl[mujoco]
-    from metarl.envs.half_cheetah_vel import HalfCheetahVelEnv
+    from metarl_envs.half_cheetah_vel import HalfCheetahVelEnv
 
     register_family("metarl/HalfCheetahVel-v0", HalfCheetahVelEnv, policy_name="half-cheetah-vel")
 

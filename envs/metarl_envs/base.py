@@ -17,7 +17,7 @@ Each family provides three views of the same dynamics:
 Using a family::
 
     import gymnasium as gym
-    import metarl.envs  # registers the metarl/ ids
+    import metarl_envs  # registers the metarl/ ids (also metarl.envs)
 
     env = gym.make("metarl/Navigation2D-v0")
     tasks = env.unwrapped.sample_tasks(5, seed=0)   # the same seed gives the same tasks
@@ -51,7 +51,7 @@ Implementing your own family::
     class MyFamilyEnv(TaskFamilyEnv):
         batched_cls = BatchedMyFamily
 
-    metarl.envs.register_family("metarl/MyFamily-v0", MyFamilyEnv)
+    metarl_envs.register_family("metarl/MyFamily-v0", MyFamilyEnv)
 
 after which ``metarl train --env metarl/MyFamily-v0`` and ``metarl eval`` work on it, and
 ``gymnasium.utils.env_checker.check_env(gym.make("metarl/MyFamily-v0").unwrapped)`` should pass.

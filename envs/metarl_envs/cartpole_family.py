@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 from numpy.typing import NDArray
 
-from metarl.envs.base import BatchedTaskEnv, Task, TaskFamilyEnv
+from metarl_envs.base import BatchedTaskEnv, Task, TaskFamilyEnv
 
 GRAVITY = 9.8
 TAU = 0.02

@@ -1,6 +1,6 @@
 """HalfCheetah running at a target velocity, the MAML paper's locomotion family (optional extra).
 
-Needs ``mujoco`` (``pip install 'metarl[mujoco]'``); ``metarl.envs`` registers
+Needs ``mujoco`` (``pip install 'metarl[mujoco]'``); ``metarl_envs`` registers
 ``metarl/HalfCheetahVel-v0`` only when it imports. The robot, its actuators and its observation
 (joint positions without the root's x, then joint velocities: 17 numbers) are gymnasium's
 ``HalfCheetah-v5`` (the model file ships with gymnasium); each task is a target forward velocity
@@ -19,7 +19,7 @@ import mujoco
 import numpy as np
 from numpy.typing import NDArray
 
-from metarl.envs.base import BatchedTaskEnv, Task, TaskFamilyEnv
+from metarl_envs.base import BatchedTaskEnv, Task, TaskFamilyEnv
 
 MODEL_PATH = Path(gym.__file__).parent / "envs" / "mujoco" / "assets" / "half_cheetah.xml"
 FRAME_SKIP = 5

@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 from numpy.typing import NDArray
 
-from metarl.envs.base import BatchedTaskEnv, Task, TaskFamilyEnv
+from metarl_envs.base import BatchedTaskEnv, Task, TaskFamilyEnv
 
 GOAL_LOW, GOAL_HIGH = -0.5, 0.5
 MAX_SPEED = 0.1

@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 from numpy.typing import NDArray
 
-from metarl.envs.base import BatchedTaskEnv, Task, TaskFamilyEnv
+from metarl_envs.base import BatchedTaskEnv, Task, TaskFamilyEnv
 
 MAX_SPEED = 8.0
 MAX_TORQUE = 2.0

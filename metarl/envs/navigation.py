@@ -1,0 +1,3 @@
+"""``metarl_envs.navigation`` under its ``metarl.envs`` name (the same module at run time)."""
+
+from metarl_envs.navigation import *  # noqa: F403

@@ -1,0 +1,3 @@
+"""``metarl_envs.pendulum_family`` under its ``metarl.envs`` name (the same module at run time)."""
+
+from metarl_envs.pendulum_family import *  # noqa: F403
