@@ -357,3 +357,16 @@ def test_a_dead_replicas_adapt_claim_lapses(replicas, bundled_registry, redis_se
         assert b.info(sid).adaptations == 1
     finally:
         dead.close()
+
+
+def test_no_ttl_expiry_while_an_adapt_holds_the_session(replicas, redis_server) -> None:  # type: ignore[no-untyped-def]
+    a = replicas(session_ttl=1.0)
+    sid = create(a.stub, POLICY, seed=10)
+    a.adapter.close_gate()
+    adapting = _in_background(lambda: a.adapt(sid, _episodes(10)))
+    assert a.adapter.entered.acquire(timeout=TIMEOUT)
+    time.sleep(1.5)  # past the TTL, the Adapt still running
+    assert redis.Redis.from_url(redis_server.url).exists(f"metarl:session:{sid}")
+    a.adapter.open()
+    assert adapting.result(TIMEOUT) == grpc.StatusCode.OK
+    assert a.info(sid).adaptations == 1
