@@ -14,7 +14,7 @@ import gymnasium as gym
 from metarl import envs
 from metarl.errors import UsageError, UserError
 from metarl_client import PolicyClient
-from metarl_client.errors import Unavailable
+from metarl_client.errors import MetarlError, Unavailable
 from metarl_client.helpers import mean_return, rollout
 
 
@@ -61,6 +61,10 @@ def run_demo(cfg: DemoConfig) -> tuple[float, float]:
                 raise UserError(
                     f"no policy server answers at {target} ({exc}): start one with `metarl "
                     "serve` (or leave out --target to start one in this process)"
+                ) from None
+            except MetarlError as exc:  # e.g. a server that requires a token
+                raise UserError(
+                    f"the server at {target} refused to list its policies: {exc}"
                 ) from None
             if cfg.policy not in info:
                 raise UsageError(
