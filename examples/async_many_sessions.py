@@ -18,7 +18,7 @@ from typing import Any
 
 import gymnasium as gym
 
-import metarl  # noqa: F401  (registers metarl/CartPoleFamily-v0)
+import metarl_envs  # noqa: F401  (registers metarl/CartPoleFamily-v0; pip install ./envs)
 from metarl_client import AsyncPolicyClient
 from metarl_client.helpers import AdaptResult, adapt_on_async
 
@@ -30,7 +30,7 @@ async def robot(
 ) -> AdaptResult:
     env = gym.make(ENV_ID, task=task)
     try:
-        async with await client.create_session(policy, seed=seed) as session:
+        async with client.create_session(policy, seed=seed) as session:
             return await adapt_on_async(
                 env, session, episodes=episodes, eval_episodes=episodes, seed=seed
             )

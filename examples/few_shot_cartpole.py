@@ -14,7 +14,7 @@ import argparse
 
 import gymnasium as gym
 
-import metarl  # noqa: F401  (registers metarl/CartPoleFamily-v0)
+import metarl_envs  # noqa: F401  (registers metarl/CartPoleFamily-v0; pip install ./envs)
 from metarl_client import PolicyClient
 from metarl_client.helpers import adapt_on
 

@@ -12,8 +12,8 @@ the last time -- no episode crosses the wire twice -- and goes on with the adapt
 Adapting on a handful of episodes is noisy: on some tasks (try --seed 1) one inner step makes
 things worse, and more episodes per adaptation help.
 
-(The SDK needs only grpcio, protobuf and numpy; gymnasium and metarl are here only to simulate
-the robot.)
+(The SDK needs only grpcio, protobuf and numpy; gymnasium and metarl-envs (`pip install ./client
+./envs`, no torch) are here only to simulate the robot.)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import argparse
 
 import gymnasium as gym
 
-import metarl  # noqa: F401  (registers metarl/CartPoleFamily-v0, the simulated robot)
+import metarl_envs  # noqa: F401  (registers metarl/CartPoleFamily-v0, the simulated robot)
 from metarl_client import PolicyClient
 
 

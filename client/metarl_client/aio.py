@@ -4,7 +4,7 @@ control-loop stream.
 
 >>> from metarl_client import AsyncPolicyClient
 >>> async with AsyncPolicyClient("localhost:50051") as client:
-...     async with await client.create_session("cartpole-family") as session:
+...     async with client.create_session("cartpole-family") as session:
 ...         action = await session.act(obs)
 
 Create and use the client inside one running event loop.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -112,7 +112,7 @@ class AsyncPolicyClient:
         except errors.PolicyNotFound:
             return None
 
-    async def create_session(
+    def create_session(
         self,
         policy: str,
         version: str | None = None,
@@ -120,9 +120,22 @@ class AsyncPolicyClient:
         record: bool = False,
         *,
         timeout: float | None = None,
-    ) -> AsyncSession:
+    ) -> SessionStart:
         """Starts a session; see :meth:`metarl_client.PolicyClient.create_session`.
-        ``async with await client.create_session(...) as session:`` deletes it on exit."""
+
+        ``session = await client.create_session(...)`` returns the session;
+        ``async with client.create_session(...) as session:`` also deletes it on exit (as does
+        ``async with await client.create_session(...)``)."""
+        return SessionStart(self._create_session(policy, version, seed, record, timeout))
+
+    async def _create_session(
+        self,
+        policy: str,
+        version: str | None,
+        seed: int | None,
+        record: bool,
+        timeout: float | None,
+    ) -> AsyncSession:
         req = proto.create_request(policy, version, seed, record)
         resp = await self._call(
             self._stub.CreateSession, req, timeout=timeout, not_found=errors.PolicyNotFound
@@ -152,6 +165,35 @@ class AsyncPolicyClient:
 
     def __repr__(self) -> str:
         return f"AsyncPolicyClient({self.target!r})"
+
+
+class SessionStart(Awaitable["AsyncSession"]):
+    """What :meth:`AsyncPolicyClient.create_session` returns: await it for the session, or use it
+    directly in ``async with`` (the session is deleted when the block ends)."""
+
+    def __init__(self, creating: Coroutine[Any, Any, AsyncSession]) -> None:
+        self._creating = creating
+        self._session: AsyncSession | None = None
+
+    def __await__(self) -> Generator[Any, None, AsyncSession]:
+        return self._creating.__await__()
+
+    async def __aenter__(self) -> AsyncSession:
+        self._session = await self._creating
+        return self._session
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.__aexit__(exc_type, exc, tb)
+
+    def close(self) -> None:
+        """Drops a start that was never awaited (no session is created)."""
+        self._creating.close()
 
 
 class AsyncSession(proto.SessionFields):
