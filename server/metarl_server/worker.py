@@ -14,6 +14,7 @@ also return the loss before them), so the same data gives the same θ'.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -124,6 +125,9 @@ def init(torch_threads: int = 1, warm_up: bool = True, parent_pid: int | None = 
 def serve(conn: Any, torch_threads: int, warm_up: bool, parent_pid: int) -> None:
     """An adaptation process's main loop: ``(fn, args)`` calls in from ``conn``, ``(True,
     result)`` or ``(False, exception)`` back, until the serving process closes the pipe."""
+    # Ctrl-C in a terminal reaches the whole process group; the serving process decides what
+    # it means (it drains, or the demo ends) and closes the pipe, which ends this loop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     init(torch_threads, warm_up, parent_pid)
     while True:
         try:
