@@ -301,3 +301,23 @@ def test_serve_on_a_busy_port() -> None:
     line = one_error_line(proc.stderr, "metarl serve")
     assert f"port {port} is already in use" in line and "--port" in line
     assert time.monotonic() - started < 30  # refused before any worker starts
+
+
+def test_ctrl_c_in_a_terminal_ends_the_demo_in_one_line() -> None:
+    """A terminal's Ctrl-C reaches the whole process group: the demo and its in-process server's
+    adaptation worker (which must not print a traceback of its own)."""
+    proc = subprocess.Popen(
+        [*METARL, "demo", "--tasks", "4", "--episodes", "10"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        assert "started a policy server" in proc.stdout.readline()
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 130
+        assert one_error_line(proc.stderr.read(), "metarl demo") == "metarl demo: interrupted"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
