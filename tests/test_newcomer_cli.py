@@ -287,19 +287,21 @@ def test_serve_mistakes(args: list[str], code: int, words: list[str], tmp_path: 
         assert w in line
 
 
-def test_serve_on_a_busy_port() -> None:
+@pytest.mark.parametrize("flag", ["--port", "--metrics-port"])
+def test_serve_on_a_busy_port(flag: str) -> None:
     with socket.socket(socket.AF_INET) as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         started = time.monotonic()
+        ports = {"--port": "0", flag: str(port)}
         proc = subprocess.run(
-            [*METARL, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [*METARL, "serve", "--host", "127.0.0.1", *(x for kv in ports.items() for x in kv)],
             capture_output=True, text=True, timeout=60, env=ENV,
         )  # fmt: skip
     assert proc.returncode == 1
     line = one_error_line(proc.stderr, "metarl serve")
-    assert f"port {port} is already in use" in line and "--port" in line
+    assert f"port {port} is already in use" in line and f"another {flag}" in line
     assert time.monotonic() - started < 30  # refused before any worker starts
 
 

@@ -242,7 +242,7 @@ class BindError(UserError, OSError):
     """The server's address cannot be bound (a port in use, an address not of this host)."""
 
 
-def _bind_problem(host: str, port: int) -> str | None:
+def _bind_problem(host: str, port: int, flag: str = "--port") -> str | None:
     """Why ``host:port`` cannot be listened on, or None. A plain socket tries first, so a busy
     port is one line that says what to do rather than gRPC core's log and a traceback."""
     if port == 0:
@@ -261,9 +261,9 @@ def _bind_problem(host: str, port: int) -> str | None:
             if exc.errno == errno.EADDRINUSE:
                 return (
                     f"port {port} is already in use on {host} (another metarl serve?): stop "
-                    "that process, or pass another --port (0 picks a free one)"
+                    f"that process, or pass another {flag} (0 picks a free one)"
                 )
-            return f"cannot listen on {host}:{port} ({exc.strerror}): pass another --host or --port"
+            return f"cannot listen on {host}:{port} ({exc.strerror}): pass another --host or {flag}"
     return None
 
 
@@ -576,9 +576,12 @@ def serve(cfg: ServeConfig) -> None:
     # directory, a busy port.
     _check_options(cfg)
     sources = _check_sources(cfg)
-    problem = _bind_problem(cfg.host, cfg.port)
-    if problem:
-        raise BindError(problem)
+    if cfg.metrics_port and cfg.metrics_port == cfg.port:
+        raise UsageError(f"--metrics-port {cfg.metrics_port} is --port's too; pass another one")
+    for flag, port in (("--port", cfg.port), ("--metrics-port", cfg.metrics_port)):
+        problem = None if port is None else _bind_problem(cfg.host, port, flag)
+        if problem:
+            raise BindError(problem)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
