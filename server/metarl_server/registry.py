@@ -5,7 +5,8 @@ of its path (``models/mine/1``: policy ``mine`` version ``1``; a log line says w
 names it otherwise). :meth:`PolicyRegistry.scan` loads the ones it has not seen (the server
 calls it every ``--poll-interval`` seconds and on the admin ``ReloadModels`` RPC): new sessions
 get a policy's newest version, existing sessions keep the version they were created on, and a
-version that is no longer the newest is unloaded once no session uses it. A checkpoint that
+version that is no longer the newest is unloaded once no session uses it (neither here nor, with
+a shared session store, anywhere: see ``usage_sources``). A checkpoint that
 fails verification (half-written, altered, malformed) is refused with one log line and retried
 only when its files change; serving goes on.
 """
