@@ -1,26 +1,35 @@
-# metarl policy server on the bundled policies:
-#   docker build -t metarl . && docker run -p 50051:50051 metarl
-FROM python:3.11-slim
+# metarl policy server: the bundled policies, or a mounted model directory.
+#   docker build -t metarl .
+#   docker run -p 50051:50051 metarl
+#   docker run -p 50051:50051 -v "$PWD/models:/models:ro" -e METARL_MODEL_DIR=/models metarl
+# Configure it with METARL_<OPTION> variables (METARL_PORT, METARL_TLS_CERT, ...), not flags: the
+# HEALTHCHECK reads the same variables, so it follows the port and TLS.
+FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 
-# The CPU build of torch first, so the unpinned dependency resolution cannot pull CUDA packages.
+# Every pip install below (and the build environments pip creates) is pinned by constraints.txt.
 COPY constraints.txt ./
+ENV PIP_CONSTRAINT=/app/constraints.txt
+
+# The CPU build of torch first, from PyTorch's CPU index (so nothing can pull CUDA packages);
+# its own dependencies (filelock, sympy, networkx, jinja2, fsspec, ...) are pinned too.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
 
 COPY client/ client/
 COPY envs/ envs/
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY metarl/ metarl/
 COPY server/ server/
-RUN pip install -c constraints.txt ./client ./envs . \
+RUN pip install ./client ./envs . \
     && useradd --system --uid 10001 --no-create-home metarl
 
 USER metarl
+ENV METARL_HOST="[::]" METARL_PORT=50051
 EXPOSE 50051
-HEALTHCHECK --interval=10s --timeout=3s --start-period=20s CMD python -c "import grpc, sys; \
-from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; \
-s = g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(h.HealthCheckRequest(), timeout=2); \
-sys.exit(0 if s.status == h.HealthCheckResponse.SERVING else 1)"
-CMD ["metarl", "serve", "--host", "[::]", "--port", "50051"]
+# python -m metarl_server.healthcheck: METARL_PORT, METARL_HOST and METARL_TLS_* as the server.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-m", "metarl_server.healthcheck", "--timeout", "3"]
+# The serving process without torch (adaptation runs in its worker process).
+CMD ["python", "-m", "metarl_server"]
