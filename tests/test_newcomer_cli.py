@@ -32,6 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 METARL = [sys.executable, "-m", "metarl.cli"]
 SERVE = [sys.executable, "-m", "metarl_server", "--host", "127.0.0.1"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+INTERRUPTED = (130, -signal.SIGINT)
+"""Exit status 130, or death by SIGINT: what a shell shows as 130 either way. (CPython sometimes
+ends by re-raising SIGINT after a handled KeyboardInterrupt, once one crossed PyRun_* code.)"""
 
 
 def one_error_line(stderr: str, prog: str) -> str:
@@ -239,9 +242,9 @@ def test_ctrl_c_in_a_real_eval_process() -> None:
     assert proc.stderr is not None
     try:
         first = proc.stderr.readline()  # eval's first progress line: it is running
-        assert first, "eval exited at once"
+        assert first.startswith("pretrained:"), first
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(60) == 130
+        assert proc.wait(60) in INTERRUPTED
         rest = proc.stderr.read()
         assert "Traceback" not in rest
         assert rest.strip().splitlines()[-1] == "metarl eval: interrupted"
@@ -317,7 +320,7 @@ def test_ctrl_c_in_a_terminal_ends_the_demo_in_one_line() -> None:
     try:
         assert "started a policy server" in proc.stdout.readline()
         os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(60) == 130
+        assert proc.wait(60) in INTERRUPTED
         assert one_error_line(proc.stderr.read(), "metarl demo") == "metarl demo: interrupted"
     finally:
         if proc.poll() is None:
