@@ -33,8 +33,9 @@ METARL = [sys.executable, "-m", "metarl.cli"]
 SERVE = [sys.executable, "-m", "metarl_server", "--host", "127.0.0.1"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 INTERRUPTED = (130, -signal.SIGINT)
-"""Exit status 130, or death by SIGINT: what a shell shows as 130 either way. (CPython sometimes
-ends by re-raising SIGINT after a handled KeyboardInterrupt, once one crossed PyRun_* code.)"""
+"""Exit status 130, or death by SIGINT: what a shell shows as 130 either way. (Seen: about one
+eval in five printed its line, then ended by SIGINT, as CPython does when it counts a
+KeyboardInterrupt as unhandled; the cause was not pinned down.)"""
 
 
 def one_error_line(stderr: str, prog: str) -> str:
