@@ -38,6 +38,9 @@ eval in five printed its line, then ended by SIGINT, as CPython does when it cou
 KeyboardInterrupt as unhandled; the cause was not pinned down.)"""
 
 
+BUNDLED_CARTPOLE = bundled_checkpoints_dir() / "cartpole-family" / "1"
+
+
 def one_error_line(stderr: str, prog: str) -> str:
     """The single line a mistake must end in (asserting there is nothing else)."""
     assert "Traceback" not in stderr, stderr
@@ -277,6 +280,7 @@ def test_no_checkpoint_written_is_not_reported_as_written(tmp_path: Path) -> Non
         (["--model-dir", "no-such-dir"], 2, ["--model-dir no-such-dir: does not exist"]),
         (["--checkpoint", "."], 2, ["is not a checkpoint", "--model-dir"]),
         (["--port", "99999"], 2, ["--port 99999: not a port", "0 to 65535"]),
+        (["--model-dir", str(BUNDLED_CARTPOLE)], 2, ["is a checkpoint itself", "--checkpoint"]),
         (["--tls-cert", "no.pem", "--tls-key", "no.key"], 2, ["--tls-cert no.pem: does not exist"]),
     ],
 )
@@ -327,3 +331,11 @@ def test_ctrl_c_in_a_terminal_ends_the_demo_in_one_line() -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def test_the_checkpoint_resolver_is_torch_free() -> None:
+    code = (
+        "import sys; from metarl.checkpoint_paths import resolve_checkpoint as r; "
+        "r('cartpole-family/1'); r('navigation-2d'); assert 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

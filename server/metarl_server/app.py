@@ -705,6 +705,11 @@ def _check_sources(cfg: ServeConfig) -> str:
                 f"--model-dir {cfg.model_dir}: is not a directory; pass a directory of "
                 "<name>/<version>/ checkpoints (a single checkpoint: --checkpoint)"
             )
+        if (cfg.model_dir / "manifest.json").is_file():
+            raise UsageError(
+                f"--model-dir {cfg.model_dir}: is a checkpoint itself; serve it with --checkpoint "
+                f"{cfg.model_dir}, or move it to <model-dir>/<name>/<version>/"
+            )
         parts.append(f"model directory {cfg.model_dir}")
     if not parts:
         return f"the bundled policies ({', '.join(bundled_policies())})"
