@@ -339,3 +339,13 @@ def test_the_checkpoint_resolver_is_torch_free() -> None:
         "r('cartpole-family/1'); r('navigation-2d'); assert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_model_directory_name_resolves_to_its_newest_version(tmp_path: Path) -> None:
+    from metarl.checkpoint_paths import resolve_checkpoint
+
+    for version in ("2", "10"):
+        copy_bundled("cartpole-family", tmp_path / "mine" / version)
+    assert resolve_checkpoint(tmp_path / "mine") == tmp_path / "mine" / "10"  # 10 after 2
+    assert resolve_checkpoint("cartpole-family") == BUNDLED_CARTPOLE
+    assert resolve_checkpoint(tmp_path / "mine" / "2") == tmp_path / "mine" / "2"
