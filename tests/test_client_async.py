@@ -220,8 +220,8 @@ def test_non_idempotent_calls_fail_fast() -> None:
     async def main() -> None:
         async with AsyncPolicyClient(f"localhost:{free_port()}") as client:
             start = time.monotonic()
-            with pytest.raises(Unavailable):
-                await client.create_session(POLICY)
+            with pytest.raises(Unavailable):  # (CreateSession is retried; Act is not)
+                await AsyncSession(client, session_proto(), None).act(np.zeros(4, np.float32))
             assert time.monotonic() - start < 1.0
 
     run(main())
