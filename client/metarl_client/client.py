@@ -13,6 +13,8 @@ import contextlib
 import logging
 import queue
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
@@ -354,6 +356,56 @@ class Session(proto.SessionFields):
 _END = object()
 
 
+class _StepWatchdog:
+    """Cancels a stream whose step has waited longer than its ``step_timeout`` for its action.
+
+    One thread for all of a process's streams (started with the first, ended when none is
+    left), so a stream's step is a plain ``next()`` on the gRPC call in the caller's thread: no
+    reader thread and queue between the wire and the control loop (a thread hand-off costs
+    about as much as the step's own work)."""
+
+    PERIOD = 0.05
+    """Seconds between checks (how late a timeout may fire)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._streams: weakref.WeakSet[ActionStream] = weakref.WeakSet()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, stream: ActionStream) -> None:
+        with self._lock:
+            self._streams.add(stream)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="metarl-stream-watchdog", daemon=True
+                )
+                self._thread.start()
+
+    def forget(self, stream: ActionStream) -> None:
+        with self._lock:
+            self._streams.discard(stream)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.PERIOD)
+            now = time.monotonic()
+            with self._lock:
+                if not self._streams:
+                    self._thread = None
+                    return
+                late = []
+                for st in self._streams:
+                    since = st._waiting_since  # (set and cleared by the stream's thread)
+                    if since is not None and now - since > st.step_timeout:
+                        late.append(st)
+            for st in late:
+                st._timed_out = True
+                st._call.cancel()
+
+
+_WATCHDOG = _StepWatchdog()
+
+
 class ActionStream:
     """A control loop over ``StreamAct`` (from :meth:`Session.stream`).
 
@@ -379,15 +431,14 @@ class ActionStream:
         self.log_prob: float | None = None
         """Log-probability of the last action."""
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._responses: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._first = True
         self._error: errors.MetarlError | None = None
         self._closed = False
+        self._waiting_since: float | None = None  # (read by the watchdog)
+        self._timed_out = False
+        # gRPC's own thread sends what _requests yields; act() reads the answers itself
         self._call = session._stub.StreamAct(self._request_iterator(), timeout=timeout)
-        self._reader = threading.Thread(
-            target=self._read, name=f"metarl-stream-{session.id[:8]}", daemon=True
-        )
-        self._reader.start()
+        _WATCHDOG.watch(self)
 
     def _request_iterator(self) -> Iterator[pb.StreamActRequest]:
         while True:
@@ -396,13 +447,20 @@ class ActionStream:
                 return
             yield item
 
-    def _read(self) -> None:
+    def _next(self, late: Callable[[], errors.MetarlError]) -> Any:
+        """The call's next answer (``_END`` when the server ended the stream), waiting at most
+        ``step_timeout`` (the watchdog cancels the call past it: ``late()`` is raised)."""
+        self._waiting_since = time.monotonic()
         try:
-            for resp in self._call:
-                self._responses.put(resp)
-            self._responses.put(_END)
+            return next(self._call)
+        except StopIteration:
+            return _END
         except grpc.RpcError as exc:
-            self._responses.put(errors.from_rpc_error(exc, errors.SessionNotFound))
+            if self._timed_out:
+                raise self._fail(late()) from None
+            raise self._fail(errors.from_rpc_error(exc, errors.SessionNotFound)) from None
+        finally:
+            self._waiting_since = None
 
     def _send(self, req: pb.StreamActRequest) -> None:
         if self._error is not None:
@@ -418,7 +476,13 @@ class ActionStream:
         self._error = error
         self._closed = True
         self._requests.put(_END)
+        _WATCHDOG.forget(self)
         return error
+
+    def _no_action(self) -> errors.MetarlError:
+        return errors.DeadlineExceeded(
+            f"no action within {self.step_timeout} s; the stream is cancelled"
+        )
 
     def act(
         self,
@@ -436,17 +500,7 @@ class ActionStream:
         if fb is not None:
             req.feedback.CopyFrom(fb)
         self._send(req)
-        try:
-            item = self._responses.get(timeout=self.step_timeout)
-        except queue.Empty:
-            self._call.cancel()
-            raise self._fail(
-                errors.DeadlineExceeded(
-                    f"no action within {self.step_timeout} s; the stream is cancelled"
-                )
-            ) from None
-        if isinstance(item, errors.MetarlError):
-            raise self._fail(item)
+        item = self._next(self._no_action)
         if item is _END:
             raise self._fail(errors.Unavailable("the server ended the stream"))
         self.log_prob = item.log_prob
@@ -473,20 +527,17 @@ class ActionStream:
             return
         self._closed = True
         self._requests.put(_END)
-        self._reader.join(self.step_timeout)
-        if self._reader.is_alive():
-            self._call.cancel()
-            raise errors.DeadlineExceeded(
+
+        def late() -> errors.MetarlError:
+            return errors.DeadlineExceeded(
                 f"the server did not end the stream within {self.step_timeout} s"
             )
-        while True:
-            try:
-                item = self._responses.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(item, errors.MetarlError):
-                self._error = item
-                raise item
+
+        try:
+            while self._next(late) is not _END:
+                pass  # (no answers are due: every act() took its own)
+        finally:
+            _WATCHDOG.forget(self)
 
     def __enter__(self) -> ActionStream:
         return self
@@ -503,3 +554,4 @@ class ActionStream:
         self._closed = True
         self._requests.put(_END)
         self._call.cancel()
+        _WATCHDOG.forget(self)
