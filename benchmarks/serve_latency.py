@@ -11,6 +11,10 @@ message types, whose handlers return the request):
 - Act p50/p99: one observation, sampled action, against unary echo of an ActRequest.
 - StreamAct per step: send one observation, wait for its action, on one open stream, against a
   bidirectional echo stream.
+- The same two through the SDK (``metarl_client.PolicyClient``): ``session.act(obs)``, and
+  ``loop.act(obs)`` on ``session.stream()``, against the same echo baselines (the SDK's own
+  cost: validation, the request and response conversions, the stream's hand-offs), with this
+  process's CPU time per call beside the raw stub's.
 - QPS with 16 calls in flight (16 sessions, asyncio client), against echo with 16 in flight.
 - Adapt of 20 episodes x 100 steps (one inner step, from θ: the session is reset, untimed,
   before each) over gRPC, against the same adaptation in this process
@@ -46,6 +50,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from metarl_client import PolicyClient
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.proto.metarl.v1 import policy_service_pb2_grpc as pb_grpc
 from metarl_client.tensors import to_tensor
@@ -219,6 +224,17 @@ def interleaved(
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+def sdk_stream_steps(session: Any, obs: np.ndarray, n: int) -> np.ndarray:
+    """``loop.act(obs)`` timed per step on one ``session.stream()``."""
+    out = np.empty(n)
+    with session.stream() as loop:
+        for i in range(n):
+            t = time.perf_counter()
+            loop.act(obs)
+            out[i] = time.perf_counter() - t
+    return out[min(20, n // 5) :]  # drop the warm-up steps
+
+
 def stream_steps(open_stream: Callable[[Iterator[Any]], Iterator[Any]], msgs: list[Any]) -> Any:
     q: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
@@ -323,6 +339,9 @@ def main() -> None:
     ap.add_argument(
         "--bundled", action="store_true", help="the bundled navigation-2d checkpoint (MLP 32-32)"
     )
+    ap.add_argument(
+        "--latency-only", action="store_true", help="Act, StreamAct and QPS only (no Adapt, RSS)"
+    )
     ap.add_argument("--server-args", default="", help="extra options for the policy server")
     ap.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -359,22 +378,48 @@ def main() -> None:
         echo_unary = echo_channel.unary_unary(
             f"/{ECHO}/Unary", pb.ActRequest.SerializeToString, pb.ActRequest.FromString
         )
-        cpu = {"act": 0.0, "echo": 0.0}
-        pids = {"act": server_proc.pid, "echo": echo_proc.pid}
+        client = PolicyClient(target)
+        sdk_session = client.create_session(policy, seed=0)
+        cpu = {"act": 0.0, "echo": 0.0, "sdk": 0.0}
+        pids = {"act": server_proc.pid, "echo": echo_proc.pid, "sdk": server_proc.pid}
+        own = {"act": 0.0, "echo": 0.0, "sdk": 0.0}  # this process's CPU per call
+
+        def own_cpu(name: str, call: Callable[[], Any]) -> Callable[[], Any]:
+            def run() -> Any:
+                t = time.process_time()
+                out = call()
+                own[name] += time.process_time() - t
+                return out
+
+            return run
 
         lat = interleaved(
-            {"act": lambda: stub.Act(act_req), "echo": lambda: echo_unary(act_req)},
+            {
+                "act": own_cpu("act", lambda: stub.Act(act_req)),
+                "echo": own_cpu("echo", lambda: echo_unary(act_req)),
+                "sdk": own_cpu("sdk", lambda: sdk_session.act(obs)),
+            },
             args.calls,
             cpu=(cpu, pids),
         )
+        calls_made = args.calls + 200  # (with the warm-up's)
         for q, target_ratio in ((50, 1.15), (99, None)):
             a, e = np.percentile(lat["act"], q) * 1e6, np.percentile(lat["echo"], q) * 1e6
             rows.append((f"Act p{q}", f"{a:.0f} µs", f"{e:.0f} µs", f"{a / e:.2f}",
                          f"≤ {target_ratio}" if target_ratio else "-"))  # fmt: skip
+        for q, target_ratio in ((50, 1.15), (99, None)):
+            a, e = np.percentile(lat["sdk"], q) * 1e6, np.percentile(lat["echo"], q) * 1e6
+            rows.append((f"SDK session.act p{q}", f"{a:.0f} µs", f"{e:.0f} µs", f"{a / e:.2f}",
+                         f"≤ {target_ratio}" if target_ratio else "-"))  # fmt: skip
 
         ca, ce = cpu["act"] * 1e6, cpu["echo"] * 1e6
-        rows.append(("  server CPU per call (all threads)", f"{ca:.0f} µs", f"{ce:.0f} µs",
-                     f"{ca / ce:.2f}", "-"))  # fmt: skip
+        rows.append(("  server CPU per Act (all threads)", f"{ca:.0f} µs", f"{ce:.0f} µs",
+                     f"{ca / ce:.2f}", "≤ 1.15"))  # fmt: skip
+        oa, os_, oe = (own[k] / calls_made * 1e6 for k in ("act", "sdk", "echo"))
+        rows.append(("  client CPU per Act, raw stub", f"{oa:.0f} µs", f"{oe:.0f} µs",
+                     f"{oa / oe:.2f}", "-"))  # fmt: skip
+        rows.append(("  client CPU per Act, SDK", f"{os_:.0f} µs", f"{oe:.0f} µs",
+                     f"{os_ / oe:.2f}", "-"))  # fmt: skip
 
         # StreamAct against bidi echo
         first = pb.StreamActRequest(session_id=sid, observation=to_tensor(obs))
@@ -385,16 +430,32 @@ def main() -> None:
         )
         s_parts: list[np.ndarray] = []
         e_parts: list[np.ndarray] = []
+        k_parts: list[np.ndarray] = []
+        spent = {"raw": 0.0, "echo": 0.0, "sdk": 0.0}
         chunk = msgs[: max(100, len(msgs) // 10)]
         for _ in range(max(1, len(msgs) // len(chunk))):  # alternate, against load changes
+            t = time.process_time()
             s_parts.append(stream_steps(stub.StreamAct, chunk))
+            spent["raw"] += time.process_time() - t
+            t = time.process_time()
             e_parts.append(stream_steps(echo_bidi, chunk))
-        s50, e50 = (
-            np.median(np.concatenate(s_parts)) * 1e6,
-            np.median(np.concatenate(e_parts)) * 1e6,
+            spent["echo"] += time.process_time() - t
+            t = time.process_time()
+            k_parts.append(sdk_stream_steps(sdk_session, obs, len(chunk)))
+            spent["sdk"] += time.process_time() - t
+        s50, e50, k50 = (
+            np.median(np.concatenate(parts)) * 1e6 for parts in (s_parts, e_parts, k_parts)
         )
         rows.append(("StreamAct per step (p50)", f"{s50:.0f} µs", f"{e50:.0f} µs",
                      f"{s50 / e50:.2f}", "≤ 1.15"))  # fmt: skip
+        rows.append(("SDK loop.act on session.stream() (p50)", f"{k50:.0f} µs", f"{e50:.0f} µs",
+                     f"{k50 / e50:.2f}", "≤ 1.15"))  # fmt: skip
+        n_steps = len(chunk) * len(s_parts)
+        rs, ks, es = (spent[k] / n_steps * 1e6 for k in ("raw", "sdk", "echo"))
+        rows.append(("  client CPU per step, raw stub", f"{rs:.0f} µs", f"{es:.0f} µs",
+                     f"{rs / es:.2f}", "-"))  # fmt: skip
+        rows.append(("  client CPU per step, SDK", f"{ks:.0f} µs", f"{es:.0f} µs",
+                     f"{ks / es:.2f}", "-"))  # fmt: skip
 
         # QPS, 16 in flight
         sessions = [
@@ -425,6 +486,9 @@ def main() -> None:
         rows.append(("QPS, 16 sessions in flight", f"{qa:.0f}/s", f"{qe:.0f}/s",
                      f"{ratio:.2f}", "≥ 0.8"))  # fmt: skip
 
+        if args.latency_only:
+            return print_rows(model_label, rows)
+
         # Adapt, 20 episodes x 100 steps
         eps = nav_episodes(20, 100)
         adapt_req = pb.AdaptRequest(session_id=sid, episodes=episodes_proto(eps), steps=1)
@@ -451,6 +515,8 @@ def main() -> None:
                      "(handler start to end)", "-", "-"))  # fmt: skip
 
         # RSS with N adapted sessions
+        sdk_session.close()
+        client.close()
         for s in [sid, *sessions]:
             stub.DeleteSession(pb.DeleteSessionRequest(session_id=s))
         small = episodes_proto(nav_episodes(1, 10, seed=1))
@@ -473,6 +539,10 @@ def main() -> None:
         echo_proc.wait(30)
         shutil.rmtree(tmp, ignore_errors=True)
 
+    print_rows(model_label, rows)
+
+
+def print_rows(model_label: str, rows: list[tuple[str, str, str, str, str]]) -> None:
     print(f"\nmetarl serve_latency — policy: {model_label}; {os.cpu_count()} CPUs\n")
     header = ("figure", "metarl", "baseline", "ratio", "target")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
