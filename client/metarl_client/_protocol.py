@@ -3,6 +3,7 @@ request is sent (against the policy's spaces and limits, as the server would che
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,10 +12,13 @@ from numpy.typing import NDArray
 
 from metarl_client.errors import InvalidArgument, ResourceExhausted
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
+from metarl_client.proto.metarl.v1 import tensor_pb2
 from metarl_client.tensors import from_tensor, to_tensor
 from metarl_client.types import Episode, PolicyInfo, SpaceInfo
 
 Action = Any
+_F32 = tensor_pb2.DTYPE_FLOAT32
+_SHORT = 64  # observations up to this size are checked for finiteness in Python (cheaper)
 """What ``act`` returns: an ``int`` for a discrete action space, else an array."""
 
 
@@ -79,6 +83,18 @@ def observations(
 ) -> NDArray[Any]:
     """``obs`` checked against the policy's observation space and cast to its dtype: one
     observation (``batch=False``) or ``[batch, *shape]``. Raises InvalidArgument."""
+    if (  # a control loop's usual step, made short: the space's own dtype and shape, finite
+        not batch
+        and policy is not None
+        and type(obs) is np.ndarray
+        and obs.dtype == policy.observation_space.dtype
+        and obs.shape == policy.observation_space.shape
+        and policy.observation_space.kind == "box"
+        and obs.dtype.kind == "f"
+        and obs.size <= _SHORT
+        and all(map(math.isfinite, obs.flat))
+    ):
+        return obs
     arr = _numeric(obs, name)
     if policy is None:  # spaces unknown: the server checks
         if batch and arr.ndim < 1:
@@ -146,6 +162,14 @@ def act_request(
 
 def action(resp_action: Any, policy: PolicyInfo | None) -> Action:
     """One action as ``act`` returns it: a Python int for discrete spaces, else an array."""
+    if (  # a box policy's usual answer, made short: float32 of the action space's shape
+        policy is not None
+        and resp_action.dtype == _F32
+        and policy.action_space.kind == "box"
+        and tuple(resp_action.shape) == policy.action_space.shape
+        and len(resp_action.data) == 4 * math.prod(policy.action_space.shape)
+    ):
+        return np.frombuffer(resp_action.data, "<f4").reshape(policy.action_space.shape).copy()
     arr = np.array(from_tensor(resp_action, "action"))
     if arr.ndim == 0 and arr.dtype.kind in "iu":
         return int(arr)

@@ -25,6 +25,10 @@ class TensorError(ValueError):
 def to_tensor(array: Any) -> tensor_pb2.Tensor:
     """Encodes an array-like. Floats keep float32/float64 (others become float32); integers and
     booleans become int64."""
+    if type(array) is np.ndarray and array.flags.c_contiguous:
+        code = _FROM_NUMPY.get(array.dtype.str)  # (little-endian float32/64, int32/64)
+        if code is not None:
+            return tensor_pb2.Tensor(dtype=code, shape=array.shape, data=array.tobytes())
     arr = np.asarray(array)
     if arr.dtype.kind == "f":
         if arr.dtype.itemsize not in (4, 8):
