@@ -21,7 +21,11 @@ from metarl_envs.pendulum_family import BatchedPendulumFamily, PendulumFamilyEnv
 
 _FAMILIES: dict[str, type[TaskFamilyEnv]] = {}
 _POLICY_NAMES: dict[str, str] = {}
-OPTIONAL_FAMILIES = {"metarl/HalfCheetahVel-v0": "pip install 'metarl[mujoco]'"}
+OPTIONAL_FAMILIES = {
+    "metarl/HalfCheetahVel-v0": (
+        "pip install 'metarl[mujoco]' (or 'metarl-envs[mujoco]' without torch)"
+    )
+}
 """Families registered only when their extra is installed, and the command that installs it."""
 
 
