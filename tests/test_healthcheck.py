@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,17 @@ def probe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def probe_until_serving(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The probe, retried as a HEALTHCHECK's retries would (a loaded machine may be slow to
+    answer, or the server not SERVING yet), for up to 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        done = probe(env, "--timeout", "5", *args)
+        if done.returncode == 0 or time.monotonic() > deadline:
+            return done
+        time.sleep(0.5)
+
+
 @pytest.fixture
 def serving(bundled_registry: Any) -> Iterator[int]:
     server, port = create_server("[::]:0", bundled_registry, ServeConfig())
@@ -38,10 +50,10 @@ def serving(bundled_registry: Any) -> Iterator[int]:
 
 
 def test_plaintext_follows_metarl_port(serving: int) -> None:
-    ok = probe({"METARL_PORT": str(serving)})
+    ok = probe_until_serving({"METARL_PORT": str(serving)})
     assert ok.returncode == 0, ok.stderr
     assert f"127.0.0.1:{serving}: SERVING" in ok.stdout
-    assert probe({}, "--port", str(serving), "--host", "localhost").returncode == 0
+    assert probe_until_serving({}, "--port", str(serving), "--host", "localhost").returncode == 0
     down = probe({"METARL_PORT": str(free_port())}, "--timeout", "0.5")
     assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
 
@@ -64,7 +76,7 @@ def test_tls_with_the_servers_certificate_and_name(tmp_path: Path, bundled_regis
     server.start()
     try:
         tls = {"METARL_PORT": str(port), "METARL_TLS_CERT": str(cert), "METARL_TLS_KEY": str(key)}
-        ok = probe(tls)
+        ok = probe_until_serving(tls)
         assert ok.returncode == 0, ok.stderr
         plain = probe({"METARL_PORT": str(port)}, "--timeout", "1")  # TLS server, no TLS probe
         assert plain.returncode == 1
