@@ -53,7 +53,16 @@ def test_round_trip(tmp_path: Path, lrs: bool) -> None:
         "gae_lambda": 1.0,
         "normalize_advantages": True,
         "baseline_reg": 1e-5,
+        "loss_weighting": "step",
+        "later_steps_lr_scale": 1.0,
     }
+    # A manifest written before those two settings existed loads with what it was trained with.
+    old = {
+        k: v
+        for k, v in manifest["inner_loop"].items()
+        if k not in ("loss_weighting", "later_steps_lr_scale")
+    }
+    assert InnerLoopConfig.from_dict(old) == ckpt.inner_loop
 
 
 def test_save_replaces_atomically_and_leaves_no_temporaries(tmp_path: Path) -> None:
