@@ -60,6 +60,7 @@ bundle-checkpoints: $(STAMP)
 	$(BIN)/metarl train --env metarl/Navigation2D-v0 --seed 1 \
 	  --out metarl/data/checkpoints/navigation-2d/1 --name navigation-2d --version 1 --overwrite \
 	  --metrics-csv runs/navigation-2d-1.metrics.csv
+	rm -rf metarl/data/checkpoints/*/1.trainer-state   # resumable state: not shipped
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
