@@ -133,8 +133,13 @@ def main() -> None:
                 f"held-out 0..3 steps {held}"
             )
             if "reference_seconds_per_batch" in results:
-                ratio = results["reference_seconds_per_batch"] / r["seconds_per_batch"]  # type: ignore[operator]
-                print(f"  wall time per meta-batch: reference / metarl = {ratio:.1f}x")
+                ref_s = float(results["reference_seconds_per_batch"])  # type: ignore[arg-type]
+                whole = float(r["train_wall_seconds"]) / ARGS.iterations  # type: ignore[arg-type]
+                print(
+                    f"  wall time per meta-batch, reference / metarl: {ref_s / whole:.1f}x "
+                    f"(whole processes: {ref_s:.2f} / {whole:.2f} s), "
+                    f"{ref_s / float(r['seconds_per_batch']):.1f}x against metarl's median"  # type: ignore[arg-type]
+                )
     if ARGS.reference_log is not None:
         ref = reference_windows(ARGS.reference_log)
         results["reference_windows"] = ref
