@@ -55,6 +55,11 @@ def test_list_policies(server: tuple[Server, grpc.Channel]) -> None:
     nav = by_name["nav"]
     assert list(nav.action_space.box.shape) == [2]
     assert nav.inner_loop.learning_rate == pytest.approx(0.1)
+    # How the inner loop averages and steps, from the manifests (the bundled policy was trained
+    # with per-episode means; the test checkpoint has the defaults of older manifests).
+    assert cp.inner_loop.loss_weighting == pb.LOSS_WEIGHTING_EPISODE
+    assert nav.inner_loop.loss_weighting == pb.LOSS_WEIGHTING_STEP
+    assert nav.inner_loop.later_steps_learning_rate_scale == 1.0
 
 
 def test_session_lifecycle(server: tuple[Server, grpc.Channel]) -> None:

@@ -51,6 +51,8 @@ class InnerLoop:
     discount: float
     gae_lambda: float
     normalize_advantages: bool
+    loss_weighting: str = "step"
+    later_steps_lr_scale: float = 1.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InnerLoop:
@@ -60,6 +62,8 @@ class InnerLoop:
             discount=float(d.get("discount", 0.99)),
             gae_lambda=float(d.get("gae_lambda", 1.0)),
             normalize_advantages=bool(d.get("normalize_advantages", True)),
+            loss_weighting=str(d.get("loss_weighting", "step")),
+            later_steps_lr_scale=float(d.get("later_steps_lr_scale", 1.0)),
         )
 
 

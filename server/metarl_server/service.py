@@ -256,6 +256,10 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
                         normalize_advantages=il.normalize_advantages,
                         max_transitions=self.limits.max_transitions,
                         learned_learning_rates=latest.checkpoint.learning_rates is not None,
+                        loss_weighting=pb.LOSS_WEIGHTING_EPISODE
+                        if il.loss_weighting == "episode"
+                        else pb.LOSS_WEIGHTING_STEP,
+                        later_steps_learning_rate_scale=il.later_steps_lr_scale,
                     ),
                     max_batch_size=self.limits.max_batch_size,
                 )

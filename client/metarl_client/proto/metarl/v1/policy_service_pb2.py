@@ -26,13 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from metarl_client.proto.metarl.v1 import tensor_pb2 as metarl_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emetarl/v1/policy_service.proto\x12\tmetarl.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16metarl/v1/tensor.proto\"a\n\x05Space\x12\"\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x13.metarl.v1.BoxSpaceH\x00\x12,\n\x08\x64iscrete\x18\x02 \x01(\x0b\x32\x18.metarl.v1.DiscreteSpaceH\x00\x42\x06\n\x04kind\"U\n\x08\x42oxSpace\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0b\n\x03low\x18\x02 \x03(\x01\x12\x0c\n\x04high\x18\x03 \x03(\x01\x12\x1f\n\x05\x64type\x18\x04 \x01(\x0e\x32\x10.metarl.v1.Dtype\")\n\rDiscreteSpace\x12\t\n\x01n\x18\x01 \x01(\x03\x12\r\n\x05start\x18\x02 \x01(\x03\"\xd1\x01\n\x11InnerLoopSettings\x12\x15\n\rlearning_rate\x18\x01 \x01(\x01\x12\x15\n\rdefault_steps\x18\x02 \x01(\r\x12\x11\n\tmax_steps\x18\x03 \x01(\r\x12\x10\n\x08\x64iscount\x18\x04 \x01(\x01\x12\x12\n\ngae_lambda\x18\x05 \x01(\x01\x12\x1c\n\x14normalize_advantages\x18\x06 \x01(\x08\x12\x17\n\x0fmax_transitions\x18\x07 \x01(\x04\x12\x1e\n\x16learned_learning_rates\x18\x08 \x01(\x08\"\xef\x01\n\x06Policy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\x16\n\x0elatest_version\x18\x03 \x01(\t\x12\x0e\n\x06\x65nv_id\x18\x04 \x01(\t\x12+\n\x11observation_space\x18\x05 \x01(\x0b\x32\x10.metarl.v1.Space\x12&\n\x0c\x61\x63tion_space\x18\x06 \x01(\x0b\x32\x10.metarl.v1.Space\x12\x30\n\ninner_loop\x18\x07 \x01(\x0b\x32\x1c.metarl.v1.InnerLoopSettings\x12\x16\n\x0emax_batch_size\x18\x08 \x01(\r\"\xf8\x01\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x18\n\x10\x61\x64\x61ptation_steps\x18\x04 \x01(\r\x12\x13\n\x0b\x61\x64\x61ptations\x18\x05 \x01(\r\x12\x11\n\trecording\x18\x06 \x01(\x08\x12\x1c\n\x14recorded_transitions\x18\x07 \x01(\x04\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x15\n\x13ListPoliciesRequest\";\n\x14ListPoliciesResponse\x12#\n\x08policies\x18\x01 \x03(\x0b\x32\x11.metarl.v1.Policy\"c\n\x14\x43reateSessionRequest\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x0e\n\x06record\x18\x04 \x01(\x08\x42\x07\n\x05_seed\"<\n\x15\x43reateSessionResponse\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x12.metarl.v1.Session\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"9\n\x12GetSessionResponse\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x12.metarl.v1.Session\")\n\x13ResetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\";\n\x14ResetSessionResponse\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x12.metarl.v1.Session\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteSessionResponse\"E\n\x0cStepFeedback\x12\x0e\n\x06reward\x18\x01 \x01(\x01\x12\x12\n\nterminated\x18\x02 \x01(\x08\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"\x8b\x01\n\nActRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\'\n\x0cobservations\x18\x02 \x01(\x0b\x32\x11.metarl.v1.Tensor\x12\x15\n\rdeterministic\x18\x03 \x01(\x08\x12)\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x04 \x01(\x0b\x32\x17.metarl.v1.StepFeedback\"W\n\x0b\x41\x63tResponse\x12\"\n\x07\x61\x63tions\x18\x01 \x01(\x0b\x32\x11.metarl.v1.Tensor\x12$\n\tlog_probs\x18\x02 \x01(\x0b\x32\x11.metarl.v1.Tensor\"\x90\x01\n\x10StreamActRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x0bobservation\x18\x02 \x01(\x0b\x32\x11.metarl.v1.Tensor\x12\x15\n\rdeterministic\x18\x03 \x01(\x08\x12)\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x04 \x01(\x0b\x32\x17.metarl.v1.StepFeedback\"H\n\x11StreamActResponse\x12!\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x11.metarl.v1.Tensor\x12\x10\n\x08log_prob\x18\x02 \x01(\x01\"V\n\x15ReportFeedbackRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x02 \x01(\x0b\x32\x17.metarl.v1.StepFeedback\"=\n\x16ReportFeedbackResponse\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x12.metarl.v1.Session\"\xa1\x01\n\x07\x45pisode\x12\'\n\x0cobservations\x18\x01 \x01(\x0b\x32\x11.metarl.v1.Tensor\x12\"\n\x07\x61\x63tions\x18\x02 \x01(\x0b\x32\x11.metarl.v1.Tensor\x12\"\n\x07rewards\x18\x03 \x01(\x0b\x32\x11.metarl.v1.Tensor\x12\x12\n\nterminated\x18\x04 \x01(\x08\x12\x11\n\ttruncated\x18\x05 \x01(\x08\"f\n\x0c\x41\x64\x61ptRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12$\n\x08\x65pisodes\x18\x02 \x03(\x0b\x32\x12.metarl.v1.Episode\x12\x12\n\x05steps\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_steps\"\x85\x01\n\nAdaptStats\x12\r\n\x05steps\x18\x01 \x01(\r\x12\x13\n\x0bloss_before\x18\x02 \x01(\x01\x12\x12\n\nloss_after\x18\x03 \x01(\x01\x12\x13\n\x0btransitions\x18\x04 \x01(\x04\x12\x10\n\x08\x65pisodes\x18\x05 \x01(\r\x12\x18\n\x10\x64uration_seconds\x18\x06 \x01(\x01\"Z\n\rAdaptResponse\x12$\n\x05stats\x18\x01 \x01(\x0b\x32\x15.metarl.v1.AdaptStats\x12#\n\x07session\x18\x02 \x01(\x0b\x32\x12.metarl.v1.Session2\xb9\x05\n\rPolicyService\x12O\n\x0cListPolicies\x12\x1e.metarl.v1.ListPoliciesRequest\x1a\x1f.metarl.v1.ListPoliciesResponse\x12R\n\rCreateSession\x12\x1f.metarl.v1.CreateSessionRequest\x1a .metarl.v1.CreateSessionResponse\x12I\n\nGetSession\x12\x1c.metarl.v1.GetSessionRequest\x1a\x1d.metarl.v1.GetSessionResponse\x12O\n\x0cResetSession\x12\x1e.metarl.v1.ResetSessionRequest\x1a\x1f.metarl.v1.ResetSessionResponse\x12R\n\rDeleteSession\x12\x1f.metarl.v1.DeleteSessionRequest\x1a .metarl.v1.DeleteSessionResponse\x12\x34\n\x03\x41\x63t\x12\x15.metarl.v1.ActRequest\x1a\x16.metarl.v1.ActResponse\x12J\n\tStreamAct\x12\x1b.metarl.v1.StreamActRequest\x1a\x1c.metarl.v1.StreamActResponse(\x01\x30\x01\x12U\n\x0eReportFeedback\x12 .metarl.v1.ReportFeedbackRequest\x1a!.metarl.v1.ReportFeedbackResponse\x12:\n\x05\x41\x64\x61pt\x12\x17.metarl.v1.AdaptRequest\x1a\x18.metarl.v1.AdaptResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emetarl/v1/policy_service.proto\x12\tmetarl.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16metarl/v1/tensor.proto\"a\n\x05Space\x12\"\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x13.metarl.v1.BoxSpaceH\x00\x12,\n\x08\x64iscrete\x18\x02 \x01(\x0b\x32\x18.metarl.v1.DiscreteSpaceH\x00\x42\x06\n\x04kind\"U\n\x08\x42oxSpace\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0b\n\x03low\x18\x02 \x03(\x01\x12\x0c\n\x04high\x18\x03 \x03(\x01\x12\x1f\n\x05\x64type\x18\x04 \x01(\x0e\x32\x10.metarl.v1.Dtype\")\n\rDiscreteSpace\x12\t\n\x01n\x18\x01 \x01(\x03\x12\r\n\x05start\x18\x02 \x01(\x03\"\xac\x02\n\x11InnerLoopSettings\x12\x15\n\rlearning_rate\x18\x01 \x01(\x01\x12\x15\n\rdefault_steps\x18\x02 \x01(\r\x12\x11\n\tmax_steps\x18\x03 \x01(\r\x12\x10\n\x08\x64iscount\x18\x04 \x01(\x01\x12\x12\n\ngae_lambda\x18\x05 \x01(\x01\x12\x1c\n\x14normalize_advantages\x18\x06 \x01(\x08\x12\x17\n\x0fmax_transitions\x18\x07 \x01(\x04\x12\x1e\n\x16learned_learning_rates\x18\x08 \x01(\x08\x12\x30\n\x0eloss_weighting\x18\t \x01(\x0e\x32\x18.metarl.v1.LossWeighting\x12\'\n\x1flater_steps_learning_rate_scale\x18\n \x01(\x01\"\xef\x01\n\x06Policy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\x16\n\x0elatest_version\x18\x03 \x01(\t\x12\x0e\n\x06\x65nv_id\x18\x04 \x01(\t\x12+\n\x11observation_space\x18\x05 \x01(\x0b\x32\x10.metarl.v1.Space\x12&\n\x0c\x61\x63tion_space\x18\x06 \x01(\x0b\x32\x10.metarl.v1.Space\x12\x30\n\ninner_loop\x18\x07 \x01(\x0b\x32\x1c.metarl.v1.InnerLoopSettings\x12\x16\n\x0emax_batch_size\x18\x08 \x01(\r\"\xf8\x01\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x18\n\x10\x61\x64\x61ptation_steps\x18\x04 \x01(\r\x12\x13\n\x0b\x61\x64\x61ptations\x18\x05 \x01(\r\x12\x11\n\trecording\x18\x06 \x01(\x08\x12\x1c\n\x14recorded_transitions\x18\x07 \x01(\x04\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x15\n\x13ListPoliciesRequest\";\n\x14ListPoliciesResponse\x12#\n\x08policies\x18\x01 \x03(\x0b\x32\x11.metarl.v1.Policy\"c\n\x14\x43reateSessionRequest\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x0e\n\x06record\x18\x04 \x01(\x08\x42\x07\n\x05_seed\"<\n\x15\x43reateSessionResponse\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x12.metarl.v1.Session\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"9\n\x12GetSessionResponse\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x12.metarl.v1.Session\")\n\x13ResetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\";\n\x14ResetSessionResponse\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x12.metarl.v1.Session\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteSessionResponse\"E\n\x0cStepFeedback\x12\x0e\n\x06reward\x18\x01 \x01(\x01\x12\x12\n\nterminated\x18\x02 \x01(\x08\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"\x8b\x01\n\nActRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\'\n\x0cobservations\x18\x02 \x01(\x0b\x32\x11.metarl.v1.Tensor\x12\x15\n\rdeterministic\x18\x03 \x01(\x08\x12)\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x04 \x01(\x0b\x32\x17.metarl.v1.StepFeedback\"W\n\x0b\x41\x63tResponse\x12\"\n\x07\x61\x63tions\x18\x01 \x01(\x0b\x32\x11.metarl.v1.Tensor\x12$\n\tlog_probs\x18\x02 \x01(\x0b\x32\x11.metarl.v1.Tensor\"\x90\x01\n\x10StreamActRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x0bobservation\x18\x02 \x01(\x0b\x32\x11.metarl.v1.Tensor\x12\x15\n\rdeterministic\x18\x03 \x01(\x08\x12)\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x04 \x01(\x0b\x32\x17.metarl.v1.StepFeedback\"H\n\x11StreamActResponse\x12!\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x11.metarl.v1.Tensor\x12\x10\n\x08log_prob\x18\x02 \x01(\x01\"V\n\x15ReportFeedbackRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x02 \x01(\x0b\x32\x17.metarl.v1.StepFeedback\"=\n\x16ReportFeedbackResponse\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x12.metarl.v1.Session\"\xa1\x01\n\x07\x45pisode\x12\'\n\x0cobservations\x18\x01 \x01(\x0b\x32\x11.metarl.v1.Tensor\x12\"\n\x07\x61\x63tions\x18\x02 \x01(\x0b\x32\x11.metarl.v1.Tensor\x12\"\n\x07rewards\x18\x03 \x01(\x0b\x32\x11.metarl.v1.Tensor\x12\x12\n\nterminated\x18\x04 \x01(\x08\x12\x11\n\ttruncated\x18\x05 \x01(\x08\"f\n\x0c\x41\x64\x61ptRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12$\n\x08\x65pisodes\x18\x02 \x03(\x0b\x32\x12.metarl.v1.Episode\x12\x12\n\x05steps\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_steps\"\x85\x01\n\nAdaptStats\x12\r\n\x05steps\x18\x01 \x01(\r\x12\x13\n\x0bloss_before\x18\x02 \x01(\x01\x12\x12\n\nloss_after\x18\x03 \x01(\x01\x12\x13\n\x0btransitions\x18\x04 \x01(\x04\x12\x10\n\x08\x65pisodes\x18\x05 \x01(\r\x12\x18\n\x10\x64uration_seconds\x18\x06 \x01(\x01\"Z\n\rAdaptResponse\x12$\n\x05stats\x18\x01 \x01(\x0b\x32\x15.metarl.v1.AdaptStats\x12#\n\x07session\x18\x02 \x01(\x0b\x32\x12.metarl.v1.Session*d\n\rLossWeighting\x12\x1e\n\x1aLOSS_WEIGHTING_UNSPECIFIED\x10\x00\x12\x17\n\x13LOSS_WEIGHTING_STEP\x10\x01\x12\x1a\n\x16LOSS_WEIGHTING_EPISODE\x10\x02\x32\xb9\x05\n\rPolicyService\x12O\n\x0cListPolicies\x12\x1e.metarl.v1.ListPoliciesRequest\x1a\x1f.metarl.v1.ListPoliciesResponse\x12R\n\rCreateSession\x12\x1f.metarl.v1.CreateSessionRequest\x1a .metarl.v1.CreateSessionResponse\x12I\n\nGetSession\x12\x1c.metarl.v1.GetSessionRequest\x1a\x1d.metarl.v1.GetSessionResponse\x12O\n\x0cResetSession\x12\x1e.metarl.v1.ResetSessionRequest\x1a\x1f.metarl.v1.ResetSessionResponse\x12R\n\rDeleteSession\x12\x1f.metarl.v1.DeleteSessionRequest\x1a .metarl.v1.DeleteSessionResponse\x12\x34\n\x03\x41\x63t\x12\x15.metarl.v1.ActRequest\x1a\x16.metarl.v1.ActResponse\x12J\n\tStreamAct\x12\x1b.metarl.v1.StreamActRequest\x1a\x1c.metarl.v1.StreamActResponse(\x01\x30\x01\x12U\n\x0eReportFeedback\x12 .metarl.v1.ReportFeedbackRequest\x1a!.metarl.v1.ReportFeedbackResponse\x12:\n\x05\x41\x64\x61pt\x12\x17.metarl.v1.AdaptRequest\x1a\x18.metarl.v1.AdaptResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'metarl.v1.policy_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LOSSWEIGHTING']._serialized_start=2817
+  _globals['_LOSSWEIGHTING']._serialized_end=2917
   _globals['_SPACE']._serialized_start=102
   _globals['_SPACE']._serialized_end=199
   _globals['_BOXSPACE']._serialized_start=201
@@ -40,53 +42,53 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DISCRETESPACE']._serialized_start=288
   _globals['_DISCRETESPACE']._serialized_end=329
   _globals['_INNERLOOPSETTINGS']._serialized_start=332
-  _globals['_INNERLOOPSETTINGS']._serialized_end=541
-  _globals['_POLICY']._serialized_start=544
-  _globals['_POLICY']._serialized_end=783
-  _globals['_SESSION']._serialized_start=786
-  _globals['_SESSION']._serialized_end=1034
-  _globals['_LISTPOLICIESREQUEST']._serialized_start=1036
-  _globals['_LISTPOLICIESREQUEST']._serialized_end=1057
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=1059
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=1118
-  _globals['_CREATESESSIONREQUEST']._serialized_start=1120
-  _globals['_CREATESESSIONREQUEST']._serialized_end=1219
-  _globals['_CREATESESSIONRESPONSE']._serialized_start=1221
-  _globals['_CREATESESSIONRESPONSE']._serialized_end=1281
-  _globals['_GETSESSIONREQUEST']._serialized_start=1283
-  _globals['_GETSESSIONREQUEST']._serialized_end=1322
-  _globals['_GETSESSIONRESPONSE']._serialized_start=1324
-  _globals['_GETSESSIONRESPONSE']._serialized_end=1381
-  _globals['_RESETSESSIONREQUEST']._serialized_start=1383
-  _globals['_RESETSESSIONREQUEST']._serialized_end=1424
-  _globals['_RESETSESSIONRESPONSE']._serialized_start=1426
-  _globals['_RESETSESSIONRESPONSE']._serialized_end=1485
-  _globals['_DELETESESSIONREQUEST']._serialized_start=1487
-  _globals['_DELETESESSIONREQUEST']._serialized_end=1529
-  _globals['_DELETESESSIONRESPONSE']._serialized_start=1531
-  _globals['_DELETESESSIONRESPONSE']._serialized_end=1554
-  _globals['_STEPFEEDBACK']._serialized_start=1556
-  _globals['_STEPFEEDBACK']._serialized_end=1625
-  _globals['_ACTREQUEST']._serialized_start=1628
-  _globals['_ACTREQUEST']._serialized_end=1767
-  _globals['_ACTRESPONSE']._serialized_start=1769
-  _globals['_ACTRESPONSE']._serialized_end=1856
-  _globals['_STREAMACTREQUEST']._serialized_start=1859
-  _globals['_STREAMACTREQUEST']._serialized_end=2003
-  _globals['_STREAMACTRESPONSE']._serialized_start=2005
-  _globals['_STREAMACTRESPONSE']._serialized_end=2077
-  _globals['_REPORTFEEDBACKREQUEST']._serialized_start=2079
-  _globals['_REPORTFEEDBACKREQUEST']._serialized_end=2165
-  _globals['_REPORTFEEDBACKRESPONSE']._serialized_start=2167
-  _globals['_REPORTFEEDBACKRESPONSE']._serialized_end=2228
-  _globals['_EPISODE']._serialized_start=2231
-  _globals['_EPISODE']._serialized_end=2392
-  _globals['_ADAPTREQUEST']._serialized_start=2394
-  _globals['_ADAPTREQUEST']._serialized_end=2496
-  _globals['_ADAPTSTATS']._serialized_start=2499
-  _globals['_ADAPTSTATS']._serialized_end=2632
-  _globals['_ADAPTRESPONSE']._serialized_start=2634
-  _globals['_ADAPTRESPONSE']._serialized_end=2724
-  _globals['_POLICYSERVICE']._serialized_start=2727
-  _globals['_POLICYSERVICE']._serialized_end=3424
+  _globals['_INNERLOOPSETTINGS']._serialized_end=632
+  _globals['_POLICY']._serialized_start=635
+  _globals['_POLICY']._serialized_end=874
+  _globals['_SESSION']._serialized_start=877
+  _globals['_SESSION']._serialized_end=1125
+  _globals['_LISTPOLICIESREQUEST']._serialized_start=1127
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=1148
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=1150
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=1209
+  _globals['_CREATESESSIONREQUEST']._serialized_start=1211
+  _globals['_CREATESESSIONREQUEST']._serialized_end=1310
+  _globals['_CREATESESSIONRESPONSE']._serialized_start=1312
+  _globals['_CREATESESSIONRESPONSE']._serialized_end=1372
+  _globals['_GETSESSIONREQUEST']._serialized_start=1374
+  _globals['_GETSESSIONREQUEST']._serialized_end=1413
+  _globals['_GETSESSIONRESPONSE']._serialized_start=1415
+  _globals['_GETSESSIONRESPONSE']._serialized_end=1472
+  _globals['_RESETSESSIONREQUEST']._serialized_start=1474
+  _globals['_RESETSESSIONREQUEST']._serialized_end=1515
+  _globals['_RESETSESSIONRESPONSE']._serialized_start=1517
+  _globals['_RESETSESSIONRESPONSE']._serialized_end=1576
+  _globals['_DELETESESSIONREQUEST']._serialized_start=1578
+  _globals['_DELETESESSIONREQUEST']._serialized_end=1620
+  _globals['_DELETESESSIONRESPONSE']._serialized_start=1622
+  _globals['_DELETESESSIONRESPONSE']._serialized_end=1645
+  _globals['_STEPFEEDBACK']._serialized_start=1647
+  _globals['_STEPFEEDBACK']._serialized_end=1716
+  _globals['_ACTREQUEST']._serialized_start=1719
+  _globals['_ACTREQUEST']._serialized_end=1858
+  _globals['_ACTRESPONSE']._serialized_start=1860
+  _globals['_ACTRESPONSE']._serialized_end=1947
+  _globals['_STREAMACTREQUEST']._serialized_start=1950
+  _globals['_STREAMACTREQUEST']._serialized_end=2094
+  _globals['_STREAMACTRESPONSE']._serialized_start=2096
+  _globals['_STREAMACTRESPONSE']._serialized_end=2168
+  _globals['_REPORTFEEDBACKREQUEST']._serialized_start=2170
+  _globals['_REPORTFEEDBACKREQUEST']._serialized_end=2256
+  _globals['_REPORTFEEDBACKRESPONSE']._serialized_start=2258
+  _globals['_REPORTFEEDBACKRESPONSE']._serialized_end=2319
+  _globals['_EPISODE']._serialized_start=2322
+  _globals['_EPISODE']._serialized_end=2483
+  _globals['_ADAPTREQUEST']._serialized_start=2485
+  _globals['_ADAPTREQUEST']._serialized_end=2587
+  _globals['_ADAPTSTATS']._serialized_start=2590
+  _globals['_ADAPTSTATS']._serialized_end=2723
+  _globals['_ADAPTRESPONSE']._serialized_start=2725
+  _globals['_ADAPTRESPONSE']._serialized_end=2815
+  _globals['_POLICYSERVICE']._serialized_start=2920
+  _globals['_POLICYSERVICE']._serialized_end=3617
 # @@protoc_insertion_point(module_scope)

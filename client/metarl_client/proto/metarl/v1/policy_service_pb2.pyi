@@ -3,12 +3,22 @@ import datetime
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from metarl_client.proto.metarl.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class LossWeighting(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOSS_WEIGHTING_UNSPECIFIED: _ClassVar[LossWeighting]
+    LOSS_WEIGHTING_STEP: _ClassVar[LossWeighting]
+    LOSS_WEIGHTING_EPISODE: _ClassVar[LossWeighting]
+LOSS_WEIGHTING_UNSPECIFIED: LossWeighting
+LOSS_WEIGHTING_STEP: LossWeighting
+LOSS_WEIGHTING_EPISODE: LossWeighting
 
 class Space(_message.Message):
     __slots__ = ("box", "discrete")
@@ -39,7 +49,7 @@ class DiscreteSpace(_message.Message):
     def __init__(self, n: _Optional[int] = ..., start: _Optional[int] = ...) -> None: ...
 
 class InnerLoopSettings(_message.Message):
-    __slots__ = ("learning_rate", "default_steps", "max_steps", "discount", "gae_lambda", "normalize_advantages", "max_transitions", "learned_learning_rates")
+    __slots__ = ("learning_rate", "default_steps", "max_steps", "discount", "gae_lambda", "normalize_advantages", "max_transitions", "learned_learning_rates", "loss_weighting", "later_steps_learning_rate_scale")
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_STEPS_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +58,8 @@ class InnerLoopSettings(_message.Message):
     NORMALIZE_ADVANTAGES_FIELD_NUMBER: _ClassVar[int]
     MAX_TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
     LEARNED_LEARNING_RATES_FIELD_NUMBER: _ClassVar[int]
+    LOSS_WEIGHTING_FIELD_NUMBER: _ClassVar[int]
+    LATER_STEPS_LEARNING_RATE_SCALE_FIELD_NUMBER: _ClassVar[int]
     learning_rate: float
     default_steps: int
     max_steps: int
@@ -56,7 +68,9 @@ class InnerLoopSettings(_message.Message):
     normalize_advantages: bool
     max_transitions: int
     learned_learning_rates: bool
-    def __init__(self, learning_rate: _Optional[float] = ..., default_steps: _Optional[int] = ..., max_steps: _Optional[int] = ..., discount: _Optional[float] = ..., gae_lambda: _Optional[float] = ..., normalize_advantages: _Optional[bool] = ..., max_transitions: _Optional[int] = ..., learned_learning_rates: _Optional[bool] = ...) -> None: ...
+    loss_weighting: LossWeighting
+    later_steps_learning_rate_scale: float
+    def __init__(self, learning_rate: _Optional[float] = ..., default_steps: _Optional[int] = ..., max_steps: _Optional[int] = ..., discount: _Optional[float] = ..., gae_lambda: _Optional[float] = ..., normalize_advantages: _Optional[bool] = ..., max_transitions: _Optional[int] = ..., learned_learning_rates: _Optional[bool] = ..., loss_weighting: _Optional[_Union[LossWeighting, str]] = ..., later_steps_learning_rate_scale: _Optional[float] = ...) -> None: ...
 
 class Policy(_message.Message):
     __slots__ = ("name", "versions", "latest_version", "env_id", "observation_space", "action_space", "inner_loop", "max_batch_size")
