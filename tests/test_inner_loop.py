@@ -9,6 +9,19 @@ from metarl import inner_loop, policies
 from metarl.inner_loop import EpisodeBatch, InnerLoopConfig, LossBatch
 
 
+def _linear_softmax_problem() -> tuple[policies.PolicySpec, dict[str, torch.Tensor], LossBatch]:
+    """A linear softmax policy at theta = 0 on two samples: s = (1, 2), a = (0, 1), A = (1, -1)."""
+    spec = policies.PolicySpec(obs_dim=1, action_dim=2, hidden_sizes=())
+    theta = {"layers.0.weight": torch.zeros(2, 1), "layers.0.bias": torch.zeros(2)}
+    batch = LossBatch(
+        observations=torch.tensor([[[1.0], [2.0]]]),
+        actions=torch.tensor([[0, 1]]),
+        advantages=torch.tensor([[1.0, -1.0]]),
+        weights=torch.ones(1, 2),
+    )
+    return spec, theta, batch
+
+
 def test_discounted_cumsum_by_hand() -> None:
     rewards = torch.tensor([[1.0, 2.0, 3.0, 9.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the last step is padding
@@ -65,14 +78,7 @@ def test_one_inner_step_by_hand() -> None:
       dL/db_0 = -(1/2) (1 * 0.5 + (-1) * (-0.5)) = -0.5,           dL/db_1 = +0.5
     and theta' = theta - 0.1 * grad.
     """
-    spec = policies.PolicySpec(obs_dim=1, action_dim=2, hidden_sizes=())
-    theta = {"layers.0.weight": torch.zeros(2, 1), "layers.0.bias": torch.zeros(2)}
-    batch = LossBatch(
-        observations=torch.tensor([[[1.0], [2.0]]]),
-        actions=torch.tensor([[0, 1]]),
-        advantages=torch.tensor([[1.0, -1.0]]),
-        weights=torch.ones(1, 2),
-    )
+    spec, theta, batch = _linear_softmax_problem()
     adapted = inner_loop.adapt(spec, theta, batch, lr=0.1, steps=1)
     torch.testing.assert_close(adapted["layers.0.weight"][0], torch.tensor([[0.075], [-0.075]]))
     torch.testing.assert_close(adapted["layers.0.bias"][0], torch.tensor([0.05, -0.05]))
@@ -233,14 +239,7 @@ def test_later_steps_lr_scale_by_hand() -> None:
     assert config.lr_scales(2, first_step=1) == [0.5, 0.5]
     assert InnerLoopConfig().lr_scales(2) == [1.0, 1.0]
 
-    spec = policies.PolicySpec(obs_dim=1, action_dim=2, hidden_sizes=())
-    theta = {"layers.0.weight": torch.zeros(2, 1), "layers.0.bias": torch.zeros(2)}
-    batch = LossBatch(
-        observations=torch.tensor([[[1.0], [2.0]]]),
-        actions=torch.tensor([[0, 1]]),
-        advantages=torch.tensor([[1.0, -1.0]]),
-        weights=torch.ones(1, 2),
-    )
+    spec, theta, batch = _linear_softmax_problem()
     two = inner_loop.adapt(spec, theta, batch, lr=0.1, steps=2, lr_scales=config.lr_scales(2))
     one = inner_loop.adapt(spec, theta, batch, lr=0.1, steps=1)
     then = inner_loop.adapt(spec, one, batch, lr=0.05, steps=1)
