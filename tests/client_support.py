@@ -28,14 +28,20 @@ class FakePolicyService(pb_grpc.PolicyServiceServicer):
     """A PolicyService stand-in (a 4-d observation, 2 discrete actions) that wants
     ``authorization: Bearer <token>`` when ``token`` is set and records the metadata and the
     deadline of every call. With ``silent_stream``, StreamAct reads but never answers; each
-    call waits ``delay`` seconds before answering."""
+    call waits ``delay`` seconds before answering; the calls named in ``unavailable`` are
+    answered UNAVAILABLE (recorded first, so a test can count the attempts)."""
 
     def __init__(
-        self, token: str | None = None, silent_stream: bool = False, delay: float = 0.0
+        self,
+        token: str | None = None,
+        silent_stream: bool = False,
+        delay: float = 0.0,
+        unavailable: tuple[str, ...] = (),
     ) -> None:
         self.token = token
         self.silent_stream = silent_stream
         self.delay = delay
+        self.unavailable = unavailable
         self.calls: list[tuple[str, dict[str, str], float | None]] = []
         self.lock = threading.Lock()
 
@@ -45,7 +51,13 @@ class FakePolicyService(pb_grpc.PolicyServiceServicer):
             self.calls.append((name, md, context.time_remaining()))
         if self.token is not None and md.get("authorization") != f"Bearer {self.token}":
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        if name in self.unavailable:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{name} is unavailable (a test)")
         time.sleep(self.delay)
+
+    def count(self, name: str) -> int:
+        with self.lock:
+            return sum(1 for call, _, _ in self.calls if call == name)
 
     def _session(self) -> pb.Session:
         return pb.Session(id="fake-session", policy="fake", version="1")
@@ -153,6 +165,32 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
         s.bind(("::", 0))
         return int(s.getsockname()[1])
+
+
+def start_when_connecting_failed(
+    channel: grpc.Channel, start: Any
+) -> tuple[threading.Event, threading.Thread]:
+    """Runs ``start()`` (which starts a server) on a thread once ``channel`` has reported
+    TRANSIENT_FAILURE: a client call made on ``channel`` has met no server, whatever the
+    machine's speed. Returns the event that fired and the thread (join it)."""
+    failed = threading.Event()
+
+    def watch(state: grpc.ChannelConnectivity) -> None:
+        if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            failed.set()
+
+    channel.subscribe(watch)
+
+    def run() -> None:
+        try:
+            if failed.wait(timeout=60):
+                start()
+        finally:
+            channel.unsubscribe(watch)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return failed, thread
 
 
 def wait_until(predicate: Any, timeout: float = 5.0) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import grpc
@@ -200,8 +199,12 @@ def test_retries_until_a_late_server_is_up(bundled_registry) -> None:  # type: i
     async def main() -> list[str]:
         async with AsyncPolicyClient(f"localhost:{port}") as client:
 
-            async def start_late() -> None:
-                await asyncio.sleep(0.3)
+            async def start_late() -> None:  # once the call has met no server
+                channel = client._channel
+                state = channel.get_state()
+                while state != grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                    await asyncio.wait_for(channel.wait_for_state_change(state), 60)
+                    state = channel.get_state()
                 server, _ = create_server(f"[::]:{port}", bundled_registry)
                 server.start()
                 servers.append(server)
@@ -216,13 +219,27 @@ def test_retries_until_a_late_server_is_up(bundled_registry) -> None:  # type: i
             s.stop(None)
 
 
-def test_non_idempotent_calls_fail_fast() -> None:
+def test_non_idempotent_calls_are_not_retried() -> None:
+    servicer = FakePolicyService(unavailable=("Act",))
+    server, port = start_fake(servicer)
+
+    async def main() -> None:
+        async with AsyncPolicyClient(f"localhost:{port}") as client:
+            with pytest.raises(Unavailable, match="Act is unavailable"):
+                await AsyncSession(client, session_proto(), None).act(np.zeros(4, np.float32))
+
+    try:
+        run(main())
+        assert servicer.count("Act") == 1  # (CreateSession is retried; Act is not)
+    finally:
+        server.stop(None)
+
+
+def test_non_idempotent_calls_fail_when_the_server_is_down() -> None:
     async def main() -> None:
         async with AsyncPolicyClient(f"localhost:{free_port()}") as client:
-            start = time.monotonic()
-            with pytest.raises(Unavailable):  # (CreateSession is retried; Act is not)
+            with pytest.raises(Unavailable):
                 await AsyncSession(client, session_proto(), None).act(np.zeros(4, np.float32))
-            assert time.monotonic() - start < 1.0
 
     run(main())
 
@@ -285,3 +302,12 @@ def test_stream_step_timeout() -> None:
         run(main())
     finally:
         server.stop(None)
+
+
+def test_a_tls_client_of_a_plaintext_server_is_told_so(server_target: str) -> None:
+    async def main() -> None:
+        async with AsyncPolicyClient(server_target, tls=True, timeout=2) as client:
+            with pytest.raises(Unavailable, match=r"TLS was refused .* does not speak TLS"):
+                await client.list_policies()
+
+    run(main())

@@ -9,6 +9,14 @@ Needs only grpcio, protobuf and numpy (no torch, no gymnasium).
 - :mod:`metarl_client.errors`: typed exceptions for the service's status codes.
 """
 
+import importlib.metadata as _metadata
+import os as _os
+
+# gRPC's core logs each failed connection attempt on stderr (ten "Handshake failed" lines for a
+# TLS client of a plaintext server) unless told otherwise; the SDK raises one error that says
+# what failed. Read when grpc is first imported; GRPC_VERBOSITY set by the user wins.
+_os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from metarl_client.aio import AsyncActionStream, AsyncPolicyClient, AsyncSession
 from metarl_client.client import ActionStream, ActResult, PolicyClient, Session
 from metarl_client.errors import (
@@ -38,7 +46,10 @@ from metarl_client.types import (
     SpaceInfo,
 )
 
-__version__ = "0.1.0"
+try:  # the installed distribution's version (client/pyproject.toml), one source of truth
+    __version__: str = _metadata.version("metarl-client")
+except _metadata.PackageNotFoundError:  # imported from a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ActResult",

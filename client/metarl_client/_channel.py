@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import ssl
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Union
 
 import grpc
 import grpc.aio
 
+from metarl_client import errors
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
@@ -77,6 +80,63 @@ def channel_credentials(tls: TLS) -> grpc.ChannelCredentials | None:
         return grpc.ssl_channel_credentials(root_certificates=tls)
     with open(os.fspath(tls), "rb") as f:
         return grpc.ssl_channel_credentials(root_certificates=f.read())
+
+
+def _host_port(target: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a plain ``host:port`` target (``dns:///`` allowed), else None."""
+    if target.startswith("dns:///"):
+        target = target[len("dns:///") :]
+    elif "://" in target or target.startswith(("unix:", "ipv4:", "ipv6:", "vsock:")):
+        return None
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def tls_refusal(target: str, timeout: float = 2.0) -> str | None:
+    """Why a TLS connection to ``target`` fails, if the cause is that the server does not
+    speak TLS: a handshake probe (no certificate check) whose answer is not TLS. None when the
+    server completes the handshake, nothing answers, or the target is not ``host:port``.
+
+    The client runs it only after a TLS call failed with UNAVAILABLE or DEADLINE_EXCEEDED, to
+    say that instead of gRPC's "failed to connect" or a bare deadline."""
+    address = _host_port(target)
+    if address is None:
+        return None
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        with (
+            socket.create_connection(address, timeout=timeout) as sock,
+            context.wrap_socket(sock, server_hostname=address[0]),
+        ):
+            return None  # it speaks TLS: the failure was something else
+    except ssl.SSLError as exc:
+        reason = exc.reason or str(exc)
+    except OSError:
+        return None  # nothing listening (or unreachable): gRPC's own error says so
+    return (
+        f"TLS was refused by {target}: the server does not speak TLS ({reason} in answer to "
+        "a TLS handshake; it serves plaintext). Connect without tls (tls=None), or serve "
+        "with TLS (metarl serve --tls-cert FILE --tls-key FILE)"
+    )
+
+
+def uses_tls(tls: TLS) -> bool:
+    return tls is not None and tls is not False
+
+
+def explain_tls_failure(error: errors.MetarlError, target: str) -> errors.MetarlError:
+    """``error`` of a call on a TLS channel, or, if it is UNAVAILABLE or DEADLINE_EXCEEDED
+    because the server does not speak TLS, an :class:`~metarl_client.errors.Unavailable`
+    that says so (:func:`tls_refusal`)."""
+    if not isinstance(error, (errors.Unavailable, errors.DeadlineExceeded)):
+        return error
+    refusal = tls_refusal(target)
+    return error if refusal is None else errors.Unavailable(refusal)
 
 
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:

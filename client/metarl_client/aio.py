@@ -17,14 +17,14 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import grpc.aio
 
 from metarl_client import _protocol as proto
 from metarl_client import errors
-from metarl_client._channel import TLS, aio_channel, auth_metadata
+from metarl_client._channel import TLS, aio_channel, auth_metadata, explain_tls_failure, uses_tls
 from metarl_client.client import (
     DEFAULT_ADAPT_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -68,6 +68,7 @@ class AsyncPolicyClient:
         self.adapt_timeout = adapt_timeout
         self._metadata = auth_metadata(token)
         self._channel = channel or aio_channel(target, tls, options, interceptors)
+        self._tls = channel is None and uses_tls(tls)
         self._stub = pb_grpc.PolicyServiceStub(self._channel)
         self._policies: dict[str, PolicyInfo] | None = None
         self._policies_lock = asyncio.Lock()
@@ -83,7 +84,10 @@ class AsyncPolicyClient:
         try:
             return await method(request, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
-            raise errors.from_rpc_error(exc, not_found) from None
+            error = errors.from_rpc_error(exc, not_found)
+        if self._tls:  # (the probe blocks: off the event loop)
+            error = await asyncio.to_thread(explain_tls_failure, error, self.target)
+        raise error
 
     async def list_policies(self, *, timeout: float | None = None) -> list[PolicyInfo]:
         """The policies the server has loaded (and refreshes the cache of spaces)."""
@@ -265,8 +269,14 @@ class AsyncSession(proto.SessionFields):
         truncated: bool = False,
         *,
         timeout: float | None = None,
+        **unexpected: NoReturn,
     ) -> SessionInfo:
         """Reports the outcome of the last action; see :meth:`metarl_client.Session.report`."""
+        proto.refuse_keywords(
+            "AsyncSession.report",
+            "(reward, terminated=False, truncated=False, *, timeout=None)",
+            unexpected,
+        )
         fb = proto.feedback(reward, terminated, truncated)
         req = pb.ReportFeedbackRequest(session_id=self.id, feedback=fb)
         resp = await self._call(self._stub.ReportFeedback, req, timeout)
@@ -387,9 +397,15 @@ class AsyncActionStream:
         reward: float | None = None,
         terminated: bool = False,
         truncated: bool = False,
+        **unexpected: NoReturn,
     ) -> Any:
         """The action for ``obs``, reporting the previous action's outcome on the same
         message; see :meth:`metarl_client.ActionStream.act`."""
+        proto.refuse_keywords(
+            "AsyncActionStream.act",
+            "(obs, reward=None, terminated=False, truncated=False)",
+            unexpected,
+        )
         arr = proto.observations(obs, self.session.policy_info, batch=False)
         req = pb.StreamActRequest(observation=to_tensor(arr), deterministic=self.deterministic)
         fb = proto.feedback(reward, terminated, truncated)
@@ -412,10 +428,17 @@ class AsyncActionStream:
         return proto.action(resp.action, self.session.policy_info)
 
     async def report(
-        self, reward: float, terminated: bool = False, truncated: bool = False
+        self,
+        reward: float,
+        terminated: bool = False,
+        truncated: bool = False,
+        **unexpected: NoReturn,
     ) -> None:
         """Reports the last action's outcome without asking for another; see
         :meth:`metarl_client.ActionStream.report`."""
+        proto.refuse_keywords(
+            "AsyncActionStream.report", "(reward, terminated=False, truncated=False)", unexpected
+        )
         proto.feedback(reward, terminated, truncated)
         if self._error is not None:
             raise self._error

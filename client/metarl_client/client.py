@@ -17,7 +17,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, NoReturn, TypeVar
 
 import grpc
 import numpy as np
@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from metarl_client import _protocol as proto
 from metarl_client import errors
-from metarl_client._channel import TLS, sync_channel
+from metarl_client._channel import TLS, explain_tls_failure, sync_channel, uses_tls
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.proto.metarl.v1 import policy_service_pb2_grpc as pb_grpc
 from metarl_client.tensors import from_tensor, to_tensor
@@ -111,6 +111,7 @@ class PolicyClient:
         self.timeout = timeout
         self.adapt_timeout = adapt_timeout
         self._channel = channel or sync_channel(target, tls, token, options, interceptors)
+        self._tls = channel is None and uses_tls(tls)
         self._stub = pb_grpc.PolicyServiceStub(self._channel)
         self._policies: dict[str, PolicyInfo] | None = None
         self._policies_lock = threading.Lock()
@@ -126,7 +127,8 @@ class PolicyClient:
         try:
             return method(request, timeout=timeout or self.timeout)
         except grpc.RpcError as exc:
-            raise errors.from_rpc_error(exc, not_found) from None
+            error = errors.from_rpc_error(exc, not_found)
+        raise explain_tls_failure(error, self.target) if self._tls else error
 
     def list_policies(self, *, timeout: float | None = None) -> list[PolicyInfo]:
         """The policies the server has loaded: versions, spaces, inner-loop settings, limits.
@@ -293,10 +295,16 @@ class Session(proto.SessionFields):
         truncated: bool = False,
         *,
         timeout: float | None = None,
+        **unexpected: NoReturn,
     ) -> SessionInfo:
         """Reports the outcome of the session's last action without asking for another, for
         example the final reward of an episode. Only recording sessions take it
         (:class:`~metarl_client.errors.FailedPrecondition` otherwise)."""
+        proto.refuse_keywords(
+            "Session.report",
+            "(reward, terminated=False, truncated=False, *, timeout=None)",
+            unexpected,
+        )
         fb = proto.feedback(reward, terminated, truncated)
         req = pb.ReportFeedbackRequest(session_id=self.id, feedback=fb)
         resp = self._call(self._stub.ReportFeedback, req, timeout)
@@ -490,10 +498,14 @@ class ActionStream:
         reward: float | None = None,
         terminated: bool = False,
         truncated: bool = False,
+        **unexpected: NoReturn,
     ) -> Any:
         """The action for ``obs``, reporting the previous action's ``reward`` (and whether it
         ended the episode) on the same message. Returns an ``int`` for a discrete action
         space, else an array."""
+        proto.refuse_keywords(
+            "ActionStream.act", "(obs, reward=None, terminated=False, truncated=False)", unexpected
+        )
         arr = proto.observations(obs, self.session.policy_info, batch=False)
         req = pb.StreamActRequest(observation=to_tensor(arr), deterministic=self.deterministic)
         fb = proto.feedback(reward, terminated, truncated)
@@ -506,11 +518,20 @@ class ActionStream:
         self.log_prob = item.log_prob
         return proto.action(item.action, self.session.policy_info)
 
-    def report(self, reward: float, terminated: bool = False, truncated: bool = False) -> None:
+    def report(
+        self,
+        reward: float,
+        terminated: bool = False,
+        truncated: bool = False,
+        **unexpected: NoReturn,
+    ) -> None:
         """Reports the outcome of the last action without asking for another: the last
         reward of an episode, with ``terminated`` or ``truncated``. A recording session
         records it before this returns (so an ``adapt()`` right after sees the episode);
         a session that does not record has no use for it, and it is not sent."""
+        proto.refuse_keywords(
+            "ActionStream.report", "(reward, terminated=False, truncated=False)", unexpected
+        )
         proto.feedback(reward, terminated, truncated)  # checked either way
         if self._error is not None:
             raise self._error
