@@ -28,7 +28,7 @@ import grpc
 import numpy as np
 import tyro
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from metarl.checkpoint_paths import bundled_checkpoints_dir, bundled_policies, resolve_checkpoint
 from metarl.errors import NotFoundError, UsageError, UserError
@@ -323,6 +323,7 @@ class Server:
         self.adapter = adapter
         self._owns_adapter = owns_adapter
         self.guard: ConcurrencyGuard | None = None
+        self.interceptors: list[grpc.ServerInterceptor] = []
         self._stopping = threading.Event()
         self._maintenance: threading.Thread | None = None
         self._listener = self._on_scan
@@ -466,6 +467,18 @@ def make_session_store(cfg: ServeConfig, registry: PolicyRegistry) -> SessionSto
     )
 
 
+def served_methods() -> list[str]:
+    """The full names (``/package.Service/Method``) of every method the server implements: the
+    metrics label calls by these (any other name a client sends counts as ``unknown``)."""
+    services = (
+        pb.DESCRIPTOR.services_by_name["PolicyService"],
+        admin_pb.DESCRIPTOR.services_by_name["ModelAdminService"],
+        health_pb2.DESCRIPTOR.services_by_name["Health"],
+        reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+    )
+    return [f"/{service.full_name}/{m.name}" for service in services for m in service.methods]
+
+
 def create_server(
     address: str,
     registry: PolicyRegistry,
@@ -481,7 +494,7 @@ def create_server(
     owns_adapter = adapter is not None
     adapter = adapter or shared_adapter(cfg)
     metrics = Metrics()
-    interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(metrics)]
+    interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(metrics, served_methods())]
     clients, admins = cfg.clients(), cfg.admin_tokens()
     if clients or admins:
         interceptors.append(AuthInterceptor(clients, admins))
@@ -540,6 +553,7 @@ def create_server(
         )
     wrapper = Server(server, port, cfg, service, health_servicer, metrics, adapter, owns_adapter)
     wrapper.guard = guard
+    wrapper.interceptors = interceptors
     wrapper.set_serving(len(registry) > 0)
     return wrapper, port
 

@@ -8,6 +8,7 @@ import hmac
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent import futures
 from contextvars import ContextVar
@@ -25,19 +26,28 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 Handler = Any
 
 
+MAX_CACHED_HANDLERS = 256
+"""Most wrapped handlers an interceptor keeps: the server's methods and its few refusals need a
+few dozen; the bound holds whatever method names clients make up."""
+
+
 class _CachingInterceptor(grpc.ServerInterceptor):
     """Builds the wrapped handler of a method once (the services' handlers never change), so the
-    per-call cost is a dict lookup."""
+    per-call cost is a dict lookup. Keyed by the handler's identity too, and bounded
+    (:data:`MAX_CACHED_HANDLERS`): a method name is whatever the client sends."""
 
     def __init__(self) -> None:
-        self._cache: dict[Any, tuple[Handler, Handler]] = {}
+        self._cache: dict[tuple[str, int], tuple[Handler, Handler]] = {}
 
-    def _cached(self, key: Any, handler: Handler, build: Callable[[], Handler]) -> Handler:
-        hit = self._cache.get(key)
+    def _cached(self, key: str, handler: Handler, build: Callable[[], Handler]) -> Handler:
+        slot = (key, id(handler))
+        hit = self._cache.get(slot)
         if hit is not None and hit[0] is handler:
             return hit[1]
         wrapped = build()
-        self._cache[key] = (handler, wrapped)
+        if len(self._cache) >= MAX_CACHED_HANDLERS:
+            self._cache.clear()  # (only refusals rebuilt per call could get here)
+        self._cache[slot] = (handler, wrapped)
         return wrapped
 
 
@@ -46,21 +56,33 @@ def _code_name(context: Any, default: str) -> str:
     return code.name if code is not None else default
 
 
-class MetricsInterceptor(_CachingInterceptor):
-    """Counts calls by method and status code and times them."""
+UNKNOWN_METHOD = "unknown"
+"""The ``method`` label of calls to a method the server does not implement."""
 
-    def __init__(self, metrics: Metrics) -> None:
+
+class MetricsInterceptor(_CachingInterceptor):
+    """Counts calls by method and status code and times them.
+
+    The ``method`` label takes its values from a closed set: the short names of ``methods``
+    (the full names the server implements, ``/package.Service/Method``) and
+    :data:`UNKNOWN_METHOD` for any other name a client sends (refused calls carry whatever name
+    their client made up; labelling by it would grow the metrics without bound)."""
+
+    def __init__(self, metrics: Metrics, methods: Iterable[str]) -> None:
         super().__init__()
         self.metrics = metrics
+        self._labels = {m: m.rsplit("/", 1)[-1] for m in methods}
 
     def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = continuation(details)
         if handler is None:
             return None
-        return self._cached(details.method, handler, lambda: self._wrap(handler, details.method))
+        method = details.method
+        label = self._labels.get(method, UNKNOWN_METHOD)
+        return self._cached(label, handler, lambda: self._wrap(handler, label))
 
-    def _wrap(self, handler: Handler, full_method: str) -> Handler:
-        method = full_method.rsplit("/", 1)[-1]
+    def _wrap(self, handler: Handler, label: str) -> Handler:
+        method = label.rsplit("/", 1)[-1]
         metrics = self.metrics
         observe = metrics.latency.labels(method).observe
         ok = metrics.request_counter(method, "OK")
@@ -232,15 +254,26 @@ def _refusal(code: grpc.StatusCode, message: str) -> Handler:
 
 class _Watched:
     """A StreamAct request iterator that notes when it started waiting for the client's next
-    message (``since``; None while the server works on one), for the idle-stream reaper."""
+    message (``since``; None while the server works on one) and when it handed gRPC a
+    response to send (``sending``; None once gRPC asks for the next one), for the idle-stream
+    reaper: a client that stops reading its responses leaves the send blocked (HTTP/2 flow
+    control) with ``sending`` set."""
 
-    __slots__ = ("_it", "context", "key", "since")
+    __slots__ = ("_it", "context", "key", "sending", "since")
 
     def __init__(self, it: Iterator[Any], context: Any) -> None:
         self._it = it
         self.context = context
         self.key: str | None = None
         self.since: float | None = time.monotonic()
+        self.sending: float | None = None
+
+    def responses(self, it: Iterator[Any]) -> Iterator[Any]:
+        """``it``'s responses, noting how long gRPC takes to send each."""
+        for response in it:
+            self.sending = time.monotonic()
+            yield response  # (gRPC sends it, then asks for the next)
+            self.sending = None
 
     def __iter__(self) -> _Watched:
         return self
@@ -264,8 +297,9 @@ class ConcurrencyGuard(grpc.ServerInterceptor):
       ``RESOURCE_EXHAUSTED`` at once (decided before the call is queued), as does a client's
       stream past ``max_streams_per_client`` (a client: its name from its token, else its
       connection);
-    - a stream that sends nothing for ``idle_timeout`` seconds is closed with ``UNAVAILABLE``
-      (open a new one), so stuck clients give their threads back;
+    - a stream that sends nothing for ``idle_timeout`` seconds, or whose client reads none of
+      its responses for that long (the send blocked by flow control), is closed with
+      ``UNAVAILABLE`` (open a new one), so stuck clients give their threads back;
     - health checks run on a small pool of their own and always find a thread.
     """
 
@@ -299,6 +333,9 @@ class ConcurrencyGuard(grpc.ServerInterceptor):
             "close streams you no longer use, use Act, or retry shortly",
         )
         self._unavailable: Handler | None = None
+        self.reaped: Counter[str] = Counter()
+        """Streams the reaper closed, by reason: ``silent`` (no message from the client),
+        ``unread`` (the client read no response)."""
         self._closed = threading.Event()
         self._reaper: threading.Thread | None = None  # started with the first stream
 
@@ -351,6 +388,8 @@ class ConcurrencyGuard(grpc.ServerInterceptor):
         if hit is not None and hit[0] is handler:
             return hit[1]
         wrapped = wrap(handler)
+        if len(self._handlers) >= MAX_CACHED_HANDLERS:
+            self._handlers.clear()  # (bounded whatever names reach here)
         self._handlers[method] = (handler, wrapped)
         return wrapped
 
@@ -387,7 +426,7 @@ class ConcurrencyGuard(grpc.ServerInterceptor):
                     f"this client already has its maximum of {self.max_per_client} StreamAct "
                     "streams (--max-streams-per-client): close streams it no longer uses",
                 )
-            return fn(watched, context)
+            return watched.responses(fn(watched, context))
 
         stream_stream.experimental_thread_pool = self.stream_pool  # type: ignore[attr-defined]
         return handler._replace(stream_stream=stream_stream)
@@ -406,19 +445,34 @@ class ConcurrencyGuard(grpc.ServerInterceptor):
 
     def _reap(self) -> None:
         period = min(1.0, self.idle_timeout / 4)
-        message = (
+        silent = (
             f"stream closed after {self.idle_timeout:g} s without a message from the client "
             "(--stream-idle-timeout): open a new stream"
+        )
+        unread = (
+            f"stream closed after its client read no response for {self.idle_timeout:g} s "
+            "(--stream-idle-timeout): read every response of a stream (its slot is held until "
+            "then), and open a new stream"
         )
         while not self._closed.wait(period):
             now = time.monotonic()
             with self._lock:
                 idle = [
-                    w
+                    (w, silent if w.sending is None else unread)
                     for w in self._streams
-                    if w.since is not None and now - w.since > self.idle_timeout
+                    if (w.since is not None and now - w.since > self.idle_timeout)
+                    or (w.sending is not None and now - w.sending > self.idle_timeout)
                 ]
-            for w in idle:
+            for w, message in idle:
+                reason = "silent" if message is silent else "unread"
+                self.reaped[reason] += 1
+                log.info(
+                    "closed a StreamAct stream: %s",
+                    "no message from its client"
+                    if reason == "silent"
+                    else "its client reads no response",
+                    extra={"reason": reason},
+                )
                 _end_call(w.context, grpc.StatusCode.UNAVAILABLE, message)
 
     def close(self) -> None:

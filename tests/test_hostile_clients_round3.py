@@ -1,0 +1,174 @@
+"""Hostile clients, round three (issue 21): made-up method names cannot grow the metrics or the
+server's caches, streams whose client stops reading give their slot back, request bodies
+decoded at once are bounded, a session's corrupt parameters are DATA_LOSS and another client's
+session is NOT_FOUND, and a huge file in the model directory is refused from its header
+without stalling adaptations."""
+
+from __future__ import annotations
+
+import logging
+import random
+import string
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client import generate_latest
+
+from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
+from metarl_client.tensors import to_tensor
+from metarl_server.interceptors import MAX_CACHED_HANDLERS
+from tests.server_support import serving, stub
+
+CARTPOLE = "cartpole-family"
+OBS = np.zeros(4, np.float32)
+
+OWN_TOKEN = "tok-alice"
+
+
+def _md(token: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")]
+
+
+def _series(server: Any) -> int:
+    """The number of samples (series) a /metrics scrape of ``server`` gives."""
+    text = generate_latest(server.metrics.registry).decode()
+    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def _random_methods(rng: random.Random, n: int) -> list[str]:
+    def word() -> str:
+        return "".join(rng.choices(string.ascii_letters, k=12))
+
+    # made-up methods of the server's own services, and made-up services
+    own = ("metarl.v1.PolicyService", "metarl.v1.ModelAdminService", "grpc.health.v2.Health")
+    return [f"/{rng.choice(own) if i % 2 else 'evil.v' + word()}/{word()}" for i in range(n)]
+
+
+def _tokens(tmp_path: Path) -> Path:
+    path = tmp_path / "tokens"
+    path.write_text(f"alice {OWN_TOKEN}\nbob tok-bob\n")
+    return path
+
+
+# -- 1. made-up method names --------------------------------------------------------------------
+
+
+def test_made_up_method_names_add_no_metric_series_and_no_cached_handlers(
+    bundled_registry: Any, tmp_path: Path
+) -> None:
+    rng = random.Random(0)
+    with serving(bundled_registry, poll_interval=0, auth_token_file=_tokens(tmp_path)) as (
+        server,
+        channel,
+    ):
+
+        def call_all(methods: list[str], metadata: list[tuple[str, str]]) -> set[str]:
+            codes = set()
+            for start in range(0, len(methods), 50):  # (50 at a time, as a client pipelines)
+                batch = methods[start : start + 50]
+                futures = [channel.unary_unary(m).future(b"", metadata=metadata) for m in batch]
+                for f in futures:
+                    try:
+                        f.result(timeout=30)
+                    except grpc.RpcError as exc:
+                        codes.add(exc.code().name)
+            return codes
+
+        # one of each: the `unknown` label's series exist from then on
+        assert call_all(_random_methods(rng, 2), []) == {"UNAUTHENTICATED"}
+        assert call_all(_random_methods(rng, 2), _md(OWN_TOKEN)) == {"UNIMPLEMENTED"}
+        before = _series(server)
+        assert call_all(_random_methods(rng, 3000), []) == {"UNAUTHENTICATED"}
+        assert call_all(_random_methods(rng, 200), _md("wrong")) == {"UNAUTHENTICATED"}
+        assert call_all(_random_methods(rng, 200), _md(OWN_TOKEN)) == {"UNIMPLEMENTED"}
+        assert _series(server) == before
+        text = generate_latest(server.metrics.registry).decode()
+        assert 'method="unknown"' in text and "evil" not in text
+        # every interceptor's per-name cache stays bounded
+        for interceptor in server.interceptors:
+            for cache in ("_cache", "_handlers"):
+                assert len(getattr(interceptor, cache, ())) <= MAX_CACHED_HANDLERS
+
+
+# -- 2. a client that stops reading its responses ----------------------------------------------
+
+
+class Unread:
+    """A StreamAct call whose client sends steps as fast as gRPC takes them and never reads a
+    response: once the responses fill the connection's flow-control window, the server's send
+    blocks. The client's own window is kept small (no BDP growth) so that happens after a few
+    thousand steps."""
+
+    def __init__(self, port: int, sid: str) -> None:
+        self.channel = grpc.insecure_channel(
+            f"localhost:{port}",
+            [
+                ("grpc.use_local_subchannel_pool", 1),
+                ("grpc.http2.bdp_probe", 0),
+                ("grpc.http2.lookahead_bytes", 16 * 1024),
+            ],
+        )
+        self.sent = 0
+        self._stop = threading.Event()
+        first = pb.StreamActRequest(session_id=sid, observation=to_tensor(OBS))
+        step = pb.StreamActRequest(observation=to_tensor(OBS))
+
+        def requests() -> Iterator[pb.StreamActRequest]:
+            yield first
+            while not self._stop.is_set():
+                self.sent += 1
+                yield step
+
+        self.call = stub(self.channel).StreamAct(requests(), metadata=_md(OWN_TOKEN))
+
+    def close(self) -> None:
+        self._stop.set()
+        self.call.cancel()
+        self.channel.close()
+
+
+def test_a_stream_whose_client_stops_reading_is_closed_and_its_slot_freed(
+    bundled_registry: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="metarl_server")
+    with serving(
+        bundled_registry,
+        poll_interval=0,
+        auth_token_file=_tokens(tmp_path),
+        stream_idle_timeout=0.5,
+        max_streams_per_client=1,
+    ) as (server, channel):
+        s = stub(channel)
+        sid = s.CreateSession(
+            pb.CreateSessionRequest(policy=CARTPOLE), metadata=_md(OWN_TOKEN)
+        ).session.id
+        unread = Unread(server.port, sid)
+        try:
+            # the server closes the unread stream once its send has been blocked 0.5 s (the
+            # client sees the status only once it reads what it was sent: it never does)
+            deadline = time.monotonic() + 30
+            while not server.guard.reaped["unread"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert server.guard.reaped == {"unread": 1}, f"after {unread.sent} unread steps"
+            assert unread.sent > 100  # it did send: blocked sending, not waiting for a message
+            assert "its client reads no response" in caplog.text
+            # and alice's next stream is served: her one slot is free again
+            deadline = time.monotonic() + 10
+            while True:
+                step = pb.StreamActRequest(session_id=sid, observation=to_tensor(OBS))
+                try:
+                    out = list(s.StreamAct(iter([step]), metadata=_md(OWN_TOKEN), timeout=5))
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert time.monotonic() < deadline, "the slot was never freed"
+                    time.sleep(0.05)
+            assert len(out) == 1 and out[0].action.data
+        finally:
+            unread.close()
