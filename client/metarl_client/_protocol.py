@@ -279,22 +279,15 @@ def episodes(eps: Iterable[Episode], policy: PolicyInfo | None) -> list[pb.Episo
         acts = _numeric(ep.actions, f"{where}.actions")
         if policy is not None:
             acts = _actions(acts, policy.action_space, t, f"{where}.actions")
-        if ep.successes is not None and np.shape(ep.successes) != (t,):
-            raise InvalidArgument(
-                f"{where}.successes must have shape [T] = [{t}] (one flag per reward), got "
-                f"{list(np.shape(ep.successes))}"
+        out.append(
+            pb.Episode(
+                observations=to_tensor(obs),
+                actions=to_tensor(acts),
+                rewards=to_tensor(rewards),
+                terminated=bool(ep.terminated),
+                truncated=bool(ep.truncated),
             )
-        msg = pb.Episode(
-            observations=to_tensor(obs),
-            actions=to_tensor(acts),
-            rewards=to_tensor(rewards),
-            terminated=bool(ep.terminated),
-            truncated=bool(ep.truncated),
         )
-        succeeded = ep.succeeded
-        if succeeded is not None:
-            msg.success = succeeded
-        out.append(msg)
     return out
 
 
