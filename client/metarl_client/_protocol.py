@@ -132,21 +132,6 @@ def observations(
     return arr
 
 
-def refuse_keywords(call: str, signature: str, unexpected: dict[str, Any]) -> None:
-    """A TypeError naming the keywords ``call`` does not take and the ones it does: a
-    reporting method that swallowed ``**unexpected`` to say this instead of Python's bare
-    "unexpected keyword argument"."""
-    if not unexpected:
-        return
-    names = ", ".join(repr(k) for k in unexpected)
-    hint = ""
-    if "done" in unexpected:
-        hint = "; gymnasium's done is `terminated or truncated`: pass the two flags step() returned"
-    raise TypeError(
-        f"{call}() got unexpected keyword argument(s) {names}: it takes {signature}{hint}"
-    )
-
-
 def feedback(reward: float | None, terminated: bool, truncated: bool) -> pb.StepFeedback | None:
     """The outcome of the previous action, or None when there is none to report."""
     if reward is None:
@@ -279,15 +264,22 @@ def episodes(eps: Iterable[Episode], policy: PolicyInfo | None) -> list[pb.Episo
         acts = _numeric(ep.actions, f"{where}.actions")
         if policy is not None:
             acts = _actions(acts, policy.action_space, t, f"{where}.actions")
-        out.append(
-            pb.Episode(
-                observations=to_tensor(obs),
-                actions=to_tensor(acts),
-                rewards=to_tensor(rewards),
-                terminated=bool(ep.terminated),
-                truncated=bool(ep.truncated),
+        if ep.successes is not None and np.shape(ep.successes) != (t,):
+            raise InvalidArgument(
+                f"{where}.successes must have shape [T] = [{t}] (one flag per reward), got "
+                f"{list(np.shape(ep.successes))}"
             )
+        msg = pb.Episode(
+            observations=to_tensor(obs),
+            actions=to_tensor(acts),
+            rewards=to_tensor(rewards),
+            terminated=bool(ep.terminated),
+            truncated=bool(ep.truncated),
         )
+        succeeded = ep.succeeded
+        if succeeded is not None:
+            msg.success = succeeded
+        out.append(msg)
     return out
 
 

@@ -44,7 +44,12 @@ _Collector = Generator["_Act | _Report", Any, list[Episode]]
 
 
 def _episode(
-    obs: list[Any], acts: list[Any], rews: list[float], term: bool, trunc: bool
+    obs: list[Any],
+    acts: list[Any],
+    rews: list[float],
+    term: bool,
+    trunc: bool,
+    succ: list[bool] | None = None,
 ) -> Episode:
     return Episode(
         np.stack([np.asarray(o) for o in obs]),
@@ -52,7 +57,22 @@ def _episode(
         np.asarray(rews, dtype=np.float32),
         terminated=term,
         truncated=trunc,
+        # Only when every step reported the flag (a family without one reports none).
+        successes=np.asarray(succ, dtype=bool) if succ and len(succ) == len(rews) else None,
     )
+
+
+def _success_flag(info: Any, j: int | None = None) -> bool | None:
+    """``info["success"]`` of a step (of sub-env ``j`` of a vector env), or None."""
+    if not isinstance(info, dict) or "success" not in info:
+        return None
+    flag = info["success"]
+    if j is None:
+        return bool(flag)
+    present = info.get("_success")
+    if present is not None and not present[j]:
+        return None
+    return bool(np.asarray(flag)[j])
 
 
 def _single_env(
@@ -64,19 +84,25 @@ def _single_env(
         observations: list[Any] = []
         actions: list[Any] = []
         rewards: list[float] = []
+        successes: list[bool] = []
         terminated = truncated = False
         while not (terminated or truncated) and len(rewards) < max_steps:
             previous = rewards[-1] if (report and rewards) else None
             action = yield _Act(obs, False, previous)
             observations.append(obs)
             actions.append(action)
-            obs, reward, terminated, truncated, _ = env.step(action)
+            obs, reward, terminated, truncated, info = env.step(action)
             rewards.append(float(reward))
+            flag = _success_flag(info)
+            if flag is not None:
+                successes.append(flag)
         cut = not (terminated or truncated)  # max_steps reached: the episode was cut short
         if report and rewards:
             yield _Report(rewards[-1], bool(terminated), bool(truncated) or cut)
         out.append(
-            _episode(observations, actions, rewards, bool(terminated), bool(truncated) or cut)
+            _episode(
+                observations, actions, rewards, bool(terminated), bool(truncated) or cut, successes
+            )
         )
     return out
 
@@ -96,26 +122,33 @@ def _vector_env(env: Any, episodes: int, seed: int | None, max_steps: int) -> _C
     if mode not in ("NextStep", "SameStep", "Disabled"):
         raise ValueError(f"unknown autoreset mode {mode!r} of the vector env")
     obs, _ = env.reset(seed=seed)
-    buffers: list[tuple[list[Any], list[Any], list[float]]] = [([], [], []) for _ in range(n)]
+    buffers: list[tuple[list[Any], list[Any], list[float], list[bool]]] = [
+        ([], [], [], []) for _ in range(n)
+    ]
     finished: list[Episode] = []
     counts = [0] * n
     resetting = np.zeros(n, dtype=bool)  # NextStep: this step only resets the sub-env
     discarding = np.zeros(n, dtype=bool)  # cut at max_steps: drop the rest of the episode
     while any(counts[j] < quota[j] for j in range(n)):
         actions = yield _Act(obs, True)
-        next_obs, rewards, terms, truncs, _ = env.step(actions)
+        next_obs, rewards, terms, truncs, info = env.step(actions)
         ended = np.logical_or(terms, truncs)
         for j in range(n):
             if resetting[j] or discarding[j] or counts[j] >= quota[j]:
                 continue
-            o, a, r = buffers[j]
+            o, a, r, f = buffers[j]
             o.append(obs[j])
             a.append(actions[j])
             r.append(float(rewards[j]))
+            flag = _success_flag(info, j)
+            if flag is not None:
+                f.append(flag)
             if ended[j] or len(r) >= max_steps:
-                finished.append(_episode(o, a, r, bool(terms[j]), bool(truncs[j]) or not ended[j]))
+                finished.append(
+                    _episode(o, a, r, bool(terms[j]), bool(truncs[j]) or not ended[j], f)
+                )
                 counts[j] += 1
-                buffers[j] = ([], [], [])
+                buffers[j] = ([], [], [], [])
                 discarding[j] = not ended[j]
         discarding &= ~ended
         if mode == "NextStep":
@@ -206,6 +239,17 @@ def mean_return(episodes: list[Episode]) -> float:
     return float(np.mean([float(np.sum(ep.rewards)) for ep in episodes]))
 
 
+def success_rate(episodes: list[Episode]) -> float | None:
+    """Fraction of the episodes that succeeded (Meta-World's protocol: the flag set at any
+    step); None when an episode carries no success flag."""
+    if not episodes:
+        raise ValueError("no episodes")
+    flags = [ep.succeeded for ep in episodes]
+    if any(f is None for f in flags):
+        return None
+    return float(np.mean([bool(f) for f in flags]))
+
+
 @dataclass(frozen=True)
 class AdaptResult:
     """What :func:`adapt_on` did."""
@@ -218,6 +262,11 @@ class AdaptResult:
     """Mean return of those episodes, under the parameters the session had before."""
     return_after: float | None = None
     """Mean return over ``eval_episodes`` run after adapting (None if none were run)."""
+    success_before: float | None = None
+    """Success rate of the collected episodes (None when the env reports no success flag)."""
+    success_after: float | None = None
+    """Success rate of the ``eval_episodes`` (Meta-World's protocol: adapt on the collected
+    episodes, score fresh ones); None if none were run or the env reports no success flag."""
 
     @property
     def returns_before(self) -> list[float]:
@@ -240,13 +289,22 @@ def adapt_on(
     if ``eval_episodes``, runs that many more with the adapted parameters."""
     collected = rollout(env, session, episodes, deterministic=deterministic, seed=seed)
     stats = session.adapt(collected, steps=steps)
-    after = None
+    fresh: list[Episode] = []
     if eval_episodes:
         eval_seed = None if seed is None else seed + episodes
-        after = mean_return(
-            rollout(env, session, eval_episodes, deterministic=deterministic, seed=eval_seed)
-        )
-    return AdaptResult(stats, collected, mean_return(collected), after)
+        fresh = rollout(env, session, eval_episodes, deterministic=deterministic, seed=eval_seed)
+    return _result(stats, collected, fresh)
+
+
+def _result(stats: AdaptStats, collected: list[Episode], fresh: list[Episode]) -> AdaptResult:
+    return AdaptResult(
+        stats,
+        collected,
+        mean_return(collected),
+        mean_return(fresh) if fresh else None,
+        success_rate(collected),
+        success_rate(fresh) if fresh else None,
+    )
 
 
 async def adapt_on_async(
@@ -262,12 +320,10 @@ async def adapt_on_async(
     """:func:`adapt_on` for an :class:`~metarl_client.AsyncSession`."""
     collected = await rollout_async(env, session, episodes, deterministic=deterministic, seed=seed)
     stats = await session.adapt(collected, steps=steps)
-    after = None
+    fresh: list[Episode] = []
     if eval_episodes:
         eval_seed = None if seed is None else seed + episodes
-        after = mean_return(
-            await rollout_async(
-                env, session, eval_episodes, deterministic=deterministic, seed=eval_seed
-            )
+        fresh = await rollout_async(
+            env, session, eval_episodes, deterministic=deterministic, seed=eval_seed
         )
-    return AdaptResult(stats, collected, mean_return(collected), after)
+    return _result(stats, collected, fresh)

@@ -29,6 +29,12 @@ class Episode:
     """Ended in a terminal state after the last step."""
     truncated: bool = False
     """Cut short (time limit) after the last step."""
+    success: bool | None = None
+    """Whether the task reported success in this episode; None when it has no success flag (or
+    ``successes`` gives it per step)."""
+    successes: NDArray[Any] | None = None
+    """``[T]``: the task's success flag after each step (``info["success"]`` of Meta-World and
+    the metarl families that have one); ``rollout`` fills it when the env reports one."""
 
     def __len__(self) -> int:
         """Number of transitions ``T``."""
@@ -38,6 +44,16 @@ class Episode:
     def total_reward(self) -> float:
         """Undiscounted return."""
         return float(np.sum(self.rewards))
+
+    @property
+    def succeeded(self) -> bool | None:
+        """Meta-World's protocol: the episode succeeded if the flag was set at any step.
+        ``success`` when given, else whether any of ``successes`` is set; None when neither."""
+        if self.success is not None:
+            return bool(self.success)
+        if self.successes is None:
+            return None
+        return bool(np.any(np.asarray(self.successes)))
 
 
 _BOX_DTYPES: dict[int, np.dtype[Any]] = {
@@ -218,6 +234,12 @@ class AdaptStats:
     """Episodes adapted on."""
     duration_seconds: float
     """Time the server spent on the call."""
+    mean_return: float | None = None
+    """Mean undiscounted return of the episodes adapted on (under the parameters before the
+    call); None from a server that does not report it."""
+    success_rate: float | None = None
+    """Fraction of the episodes adapted on that succeeded; None unless every episode carried a
+    success flag (``Episode.success`` or ``Episode.successes``)."""
 
     @classmethod
     def from_proto(cls, s: pb.AdaptStats) -> AdaptStats:
@@ -229,4 +251,6 @@ class AdaptStats:
             transitions=s.transitions,
             episodes=s.episodes,
             duration_seconds=s.duration_seconds,
+            mean_return=s.mean_return if s.HasField("mean_return") else None,
+            success_rate=s.success_rate if s.HasField("success_rate") else None,
         )

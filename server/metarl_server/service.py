@@ -404,9 +404,11 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
                 f"steps must be between 1 and {self.limits.max_adapt_steps}, got {steps}"
             )
         recorded: list[RecordedEpisode] = []
+        rate = None
         if request.episodes:
             eps = validation.episodes(list(request.episodes), pv, self.limits.max_transitions)
             validation.check_padded(eps, self.limits.max_transitions)
+            rate = validation.success_rate(list(request.episodes))
         else:
             eps, recorded = self._recorded_episodes(s)
         with s.lock:
@@ -466,7 +468,10 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
             transitions=result.transitions,
             episodes=len(eps),
             duration_seconds=time.perf_counter() - start,
+            mean_return=float(np.mean([np.sum(rewards, dtype=np.float64) for *_, rewards in eps])),
         )
+        if rate is not None:
+            stats.success_rate = rate
         return pb.AdaptResponse(stats=stats, session=self._session_proto(s))
 
     def _run_adaptation(

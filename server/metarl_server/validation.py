@@ -227,6 +227,23 @@ def _episodes(msgs: list[pb.Episode], policy: PolicyVersion, max_transitions: in
     return out
 
 
+def success_rate(msgs: list[pb.Episode]) -> float | None:
+    """Fraction of the episodes whose ``success`` is set (Meta-World's protocol: the flag was set
+    at some step); None when no episode carries the field. Some with it and some without is
+    refused: the rate would silently count the others as failures."""
+    flags = [ep.success if ep.HasField("success") else None for ep in msgs]
+    given = [f for f in flags if f is not None]
+    if not given:
+        return None
+    if len(given) != len(flags):
+        missing = [i for i, f in enumerate(flags) if f is None]
+        raise InvalidArgument(
+            f"episodes {missing[:5]} carry no success flag while {len(given)} others do: set "
+            "Episode.success on every episode of an Adapt call, or on none"
+        )
+    return sum(given) / len(given)
+
+
 def padded_size(eps: list[Episode]) -> int:
     """Steps the inner loop computes on: episodes are padded to the longest one."""
     return len(eps) * max(len(r) for _, _, r in eps)

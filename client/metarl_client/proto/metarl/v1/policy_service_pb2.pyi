@@ -241,18 +241,20 @@ class ReportFeedbackResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ...) -> None: ...
 
 class Episode(_message.Message):
-    __slots__ = ("observations", "actions", "rewards", "terminated", "truncated")
+    __slots__ = ("observations", "actions", "rewards", "terminated", "truncated", "success")
     OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
     REWARDS_FIELD_NUMBER: _ClassVar[int]
     TERMINATED_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
     observations: _tensor_pb2.Tensor
     actions: _tensor_pb2.Tensor
     rewards: _tensor_pb2.Tensor
     terminated: bool
     truncated: bool
-    def __init__(self, observations: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., actions: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., rewards: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., terminated: _Optional[bool] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    success: bool
+    def __init__(self, observations: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., actions: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., rewards: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., terminated: _Optional[bool] = ..., truncated: _Optional[bool] = ..., success: _Optional[bool] = ...) -> None: ...
 
 class AdaptRequest(_message.Message):
     __slots__ = ("session_id", "episodes", "steps")
@@ -265,20 +267,24 @@ class AdaptRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., episodes: _Optional[_Iterable[_Union[Episode, _Mapping]]] = ..., steps: _Optional[int] = ...) -> None: ...
 
 class AdaptStats(_message.Message):
-    __slots__ = ("steps", "loss_before", "loss_after", "transitions", "episodes", "duration_seconds")
+    __slots__ = ("steps", "loss_before", "loss_after", "transitions", "episodes", "duration_seconds", "mean_return", "success_rate")
     STEPS_FIELD_NUMBER: _ClassVar[int]
     LOSS_BEFORE_FIELD_NUMBER: _ClassVar[int]
     LOSS_AFTER_FIELD_NUMBER: _ClassVar[int]
     TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
     EPISODES_FIELD_NUMBER: _ClassVar[int]
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_RETURN_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_RATE_FIELD_NUMBER: _ClassVar[int]
     steps: int
     loss_before: float
     loss_after: float
     transitions: int
     episodes: int
     duration_seconds: float
-    def __init__(self, steps: _Optional[int] = ..., loss_before: _Optional[float] = ..., loss_after: _Optional[float] = ..., transitions: _Optional[int] = ..., episodes: _Optional[int] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
+    mean_return: float
+    success_rate: float
+    def __init__(self, steps: _Optional[int] = ..., loss_before: _Optional[float] = ..., loss_after: _Optional[float] = ..., transitions: _Optional[int] = ..., episodes: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., mean_return: _Optional[float] = ..., success_rate: _Optional[float] = ...) -> None: ...
 
 class AdaptResponse(_message.Message):
     __slots__ = ("stats", "session")
