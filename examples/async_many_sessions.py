@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from typing import Any
 
 import gymnasium as gym
 
 import metarl_envs  # noqa: F401  (registers metarl/CartPoleFamily-v0; pip install ./envs)
-from metarl_client import AsyncPolicyClient
+from metarl_client import AsyncPolicyClient, MetarlError, Unavailable
 from metarl_client.helpers import AdaptResult, adapt_on_async
 
 ENV_ID = "metarl/CartPoleFamily-v0"
@@ -76,4 +77,12 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except Unavailable as exc:  # one line on stderr, not a traceback
+        hint = "is `metarl serve` running at --target?"
+        sys.exit(f"{sys.argv[0]}: no answer from the policy server: {exc} ({hint})")
+    except MetarlError as exc:
+        sys.exit(f"{sys.argv[0]}: {type(exc).__name__}: {exc}")
+    except KeyboardInterrupt:
+        sys.exit(130)

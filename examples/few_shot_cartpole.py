@@ -11,11 +11,12 @@ episodes come from a gymnasium vector env (one batched Act per vector step).
 from __future__ import annotations
 
 import argparse
+import sys
 
 import gymnasium as gym
 
 import metarl_envs  # noqa: F401  (registers metarl/CartPoleFamily-v0; pip install ./envs)
-from metarl_client import PolicyClient
+from metarl_client import MetarlError, PolicyClient, Unavailable
 from metarl_client.helpers import adapt_on
 
 ENV_ID = "metarl/CartPoleFamily-v0"
@@ -69,4 +70,12 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except Unavailable as exc:  # one line on stderr, not a traceback
+        hint = "is `metarl serve` running at --target?"
+        sys.exit(f"{sys.argv[0]}: no answer from the policy server: {exc} ({hint})")
+    except MetarlError as exc:
+        sys.exit(f"{sys.argv[0]}: {type(exc).__name__}: {exc}")
+    except KeyboardInterrupt:
+        sys.exit(130)

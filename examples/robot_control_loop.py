@@ -19,11 +19,12 @@ things worse, and more episodes per adaptation help.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import gymnasium as gym
 
 import metarl_envs  # noqa: F401  (registers metarl/CartPoleFamily-v0, the simulated robot)
-from metarl_client import PolicyClient
+from metarl_client import MetarlError, PolicyClient, Unavailable
 
 
 def main() -> None:
@@ -69,4 +70,12 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except Unavailable as exc:  # one line on stderr, not a traceback
+        hint = "is `metarl serve` running at --target?"
+        sys.exit(f"{sys.argv[0]}: no answer from the policy server: {exc} ({hint})")
+    except MetarlError as exc:
+        sys.exit(f"{sys.argv[0]}: {type(exc).__name__}: {exc}")
+    except KeyboardInterrupt:
+        sys.exit(130)

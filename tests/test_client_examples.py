@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.client_support import free_port
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -49,3 +51,19 @@ def test_example_has_help_and_a_target_flag(script: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "--target" in proc.stdout and "localhost:50051" in proc.stdout
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_example_without_a_server_ends_in_one_line(script: str) -> None:
+    target = f"localhost:{free_port()}"  # nothing listens there
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--target", target],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr  # no traceback
+    assert lines[0].startswith(f"{EXAMPLES / script}: no answer from the policy server: ")
+    assert "metarl serve" in lines[0]
