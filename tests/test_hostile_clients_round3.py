@@ -172,3 +172,85 @@ def test_a_stream_whose_client_stops_reading_is_closed_and_its_slot_freed(
             assert len(out) == 1 and out[0].action.data
         finally:
             unread.close()
+
+
+# -- 4. corrupt parameters, another client's session -------------------------------------------
+
+
+def test_another_clients_session_is_not_found_exactly_as_an_unknown_id(
+    bundled_registry: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="metarl_server")
+    with serving(bundled_registry, poll_interval=0, auth_token_file=_tokens(tmp_path)) as (
+        _server,
+        channel,
+    ):
+        s = stub(channel)
+        alice, bob = _md(OWN_TOKEN), _md("tok-bob")
+        sid = s.CreateSession(pb.CreateSessionRequest(policy=CARTPOLE), metadata=alice).session.id
+        unknown = "0" * len(sid)
+        obs = to_tensor(OBS)
+
+        def answers(session_id: str) -> list[tuple[grpc.StatusCode, str]]:
+            calls = [
+                lambda: s.Act(pb.ActRequest(session_id=session_id, observations=obs), metadata=bob),
+                lambda: list(
+                    s.StreamAct(
+                        iter([pb.StreamActRequest(session_id=session_id, observation=obs)]),
+                        metadata=bob,
+                    )
+                ),
+                lambda: s.Adapt(pb.AdaptRequest(session_id=session_id), metadata=bob),
+                lambda: s.GetSession(pb.GetSessionRequest(session_id=session_id), metadata=bob),
+                lambda: s.ResetSession(pb.ResetSessionRequest(session_id=session_id), metadata=bob),
+                lambda: s.ReportFeedback(
+                    pb.ReportFeedbackRequest(session_id=session_id), metadata=bob
+                ),
+                lambda: s.DeleteSession(
+                    pb.DeleteSessionRequest(session_id=session_id), metadata=bob
+                ),
+            ]
+            out = []
+            for call in calls:
+                with pytest.raises(grpc.RpcError) as err:
+                    call()
+                out.append((err.value.code(), err.value.details().replace(session_id, "<id>")))
+            return out
+
+        theirs, nobodys = answers(sid), answers(unknown)
+        assert theirs == nobodys
+        assert {code for code, _ in theirs} == {grpc.StatusCode.NOT_FOUND}
+        # alice's session is untouched, and the refusals were logged without the id
+        assert s.GetSession(pb.GetSessionRequest(session_id=sid), metadata=alice).session.id
+    denials = [r for r in caplog.records if "belongs to another client" in r.getMessage()]
+    assert len(denials) == 7 and all(r.levelno == logging.WARNING for r in denials)
+    assert "'bob'" in denials[0].getMessage()
+    assert sid not in caplog.text and OWN_TOKEN not in caplog.text and "tok-bob" not in caplog.text
+
+
+@pytest.mark.parametrize("where", ["every parameter", "the last bias"])
+def test_nan_in_a_sessions_parameters_is_data_loss(bundled_registry: Any, where: str) -> None:
+    with serving(bundled_registry, poll_interval=0) as (server, channel):
+        s = stub(channel)
+        sid = s.CreateSession(pb.CreateSessionRequest(policy=CARTPOLE)).session.id
+        session = server.sessions.get(sid)
+        flat = session.policy.params.copy()
+        if where == "every parameter":
+            flat[:] = np.nan
+        else:
+            flat[-1] = np.nan
+        session.param_set = session.policy.policy.params(flat)  # (as a corrupt store gives)
+        for observations in (OBS, np.stack([OBS, OBS])):
+            with pytest.raises(grpc.RpcError) as err:
+                s.Act(pb.ActRequest(session_id=sid, observations=to_tensor(observations)))
+            assert err.value.code() == grpc.StatusCode.DATA_LOSS
+            assert "parameters hold NaN" in err.value.details()
+            assert "observations" not in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            list(
+                s.StreamAct(iter([pb.StreamActRequest(session_id=sid, observation=to_tensor(OBS))]))
+            )
+        assert err.value.code() == grpc.StatusCode.DATA_LOSS
+        # ResetSession is the way out
+        s.ResetSession(pb.ResetSessionRequest(session_id=sid))
+        assert s.Act(pb.ActRequest(session_id=sid, observations=to_tensor(OBS))).actions.data

@@ -329,6 +329,19 @@ def test_corrupt_session_data_is_data_loss_logged_once(
     assert len(lines) == 1 and log_id(sid) in lines[0].getMessage()
 
 
+def test_nan_in_stored_parameters_is_data_loss(replicas, redis_server) -> None:  # type: ignore[no-untyped-def]
+    a = replicas()
+    sid = create(a.stub, POLICY, seed=9)
+    n = a.server.registry.get(POLICY).params.size
+    db = redis.Redis.from_url(redis_server.url)
+    db.hset(f"metarl:session:{sid}", "params", np.full(n, np.nan, np.float32).tobytes())
+    db.hincrby(f"metarl:session:{sid}", "rev", 1)  # (as a write by another replica would)
+    with pytest.raises(grpc.RpcError) as err:
+        act(a.stub, sid, PROBE[0])
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS  # not INVALID_ARGUMENT
+    assert "observations" not in err.value.details()
+
+
 def test_a_corrupt_recording_event_is_data_loss(replicas, redis_server) -> None:  # type: ignore[no-untyped-def]
     a, b = replicas(), replicas()
     sid = create(a.stub, POLICY, seed=8, record=True)

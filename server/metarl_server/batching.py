@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from metarl_server.errors import FailedPrecondition, InvalidArgument
+from metarl_server.errors import DataLoss, FailedPrecondition, InvalidArgument, ServiceError
 from metarl_server.numpy_policy import ParamSet
 from metarl_server.registry import PolicyVersion
 from metarl_server.validation import all_finite
@@ -161,14 +161,23 @@ class ActBatcher:
         return sessions
 
 
-def _not_finite() -> InvalidArgument:
+def _not_finite(job: ActJob) -> ServiceError:
+    """The policy's output is not finite: the observations' fault, unless the parameters
+    themselves hold NaN or infinity (checked only here, on the failure path)."""
+    if not all_finite(job.params.flat):
+        return DataLoss(
+            "the session's parameters hold NaN or infinity (its stored state is corrupt): "
+            "reset the session (ResetSession) or create a new one"
+        )
     return InvalidArgument(
         "the policy's output for these observations is not finite: the observations are far "
         "outside the range the policy was trained on"
     )
 
 
-def _bad_parameters() -> FailedPrecondition:
+def _bad_parameters(job: ActJob) -> ServiceError:
+    if not all_finite(job.params.flat):
+        return _not_finite(job)  # (DATA_LOSS)
     return FailedPrecondition(
         "the session's parameters give non-finite actions or log-probabilities (an extreme "
         "standard deviation): reset the session (ResetSession) or create a new one"
@@ -177,11 +186,11 @@ def _bad_parameters() -> FailedPrecondition:
 
 def _finish(job: ActJob, out: NDArray[np.float32]) -> None:
     if not all_finite(out):
-        job.error = _not_finite()
+        job.error = _not_finite(job)
         return
     actions, logps = job.policy.policy.act(job.params, out, job.deterministic, job.rng)
     if not (all_finite(logps) and (actions.dtype.kind != "f" or all_finite(actions))):
-        job.error = _bad_parameters()
+        job.error = _bad_parameters(job)
         return
     job.actions, job.log_probs = actions, logps
 
@@ -194,11 +203,11 @@ def _compute_one(job: ActJob) -> None:
         return
     out = policy.forward_one(job.params, job.obs[0]).tolist()
     if not all(map(math.isfinite, out)):
-        job.error = _not_finite()
+        job.error = _not_finite(job)
         return
     action, logp = policy.act_one(job.params, out, job.deterministic, job.rng)
     if not (math.isfinite(logp) and (isinstance(action, int) or all(map(math.isfinite, action)))):
-        job.error = _bad_parameters()
+        job.error = _bad_parameters(job)
         return
     job.action, job.log_prob = action, logp
 

@@ -48,6 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import redis
 from redis.exceptions import RedisError
 
@@ -425,6 +426,8 @@ class RedisSessionStore(SessionStore):
             n = policy.param_set.flat.size
             if session.param_set.flat.size != n:
                 raise ValueError(f"{session.param_set.flat.size} parameters, the policy has {n}")
+            if not np.isfinite(session.param_set.flat).all():
+                raise ValueError("its parameters hold NaN or infinity")
             if session.recording is not None:
                 session.recording.replay(evs)
         except Exception as exc:
@@ -479,10 +482,7 @@ class RedisSessionStore(SessionStore):
             raise self._unavailable(exc) from None
         if found is None:
             self._drop(session_id, "expired")
-            raise NotFound(
-                f"no session {shorten(session_id)}: it was deleted, expired after "
-                f"{self.ttl_seconds:.0f} s idle, or never existed"
-            )
+            raise self.unknown(session_id)
         try:
             rev, seq0, length = int(found[0]), int(found[1]), int(found[2])
         except (ValueError, TypeError) as exc:

@@ -32,7 +32,6 @@ from metarl_server.errors import (
     Aborted,
     FailedPrecondition,
     InvalidArgument,
-    PermissionDenied,
     ResourceExhausted,
     ServiceError,
 )
@@ -164,13 +163,19 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
 
     def _session(self, session_id: str) -> Session:
         """The live session ``session_id``, if the calling client may use it: a session
-        created by a named client (see ``--auth-token-file``) is that client's alone."""
+        created by a named client (see ``--auth-token-file``) is that client's alone, and to
+        any other it is NOT_FOUND exactly as an id that does not exist (a prober cannot tell
+        that the id is a session's). The refusal is logged, without the id or a token."""
         s = self.sessions.get(session_id)
         if s.owner is not None and s.owner != CLIENT.get():
-            raise PermissionDenied(
-                "this session belongs to another client: use the sessions your own token "
-                "created (CreateSession)"
+            caller = CLIENT.get()
+            log.warning(
+                "refused session %s to %s: it belongs to another client (answered NOT_FOUND)",
+                log_id(s.id),
+                f"client {caller!r}" if caller is not None else "an unnamed token",
+                extra={"session": log_id(s.id)},
             )
+            raise self.sessions.unknown(session_id)
         return s
 
     def _session_proto(self, s: Session) -> pb.Session:
@@ -312,7 +317,7 @@ class PolicyService(pb_grpc.PolicyServiceServicer):
     def DeleteSession(
         self, request: pb.DeleteSessionRequest, context: Any
     ) -> pb.DeleteSessionResponse:
-        self._session(request.session_id)  # NOT_FOUND, or PERMISSION_DENIED for another's
+        self._session(request.session_id)  # NOT_FOUND, also for another client's
         self.sessions.delete(request.session_id)
         return pb.DeleteSessionResponse()
 

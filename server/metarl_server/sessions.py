@@ -399,6 +399,14 @@ class SessionStore(abc.ABC):
             except Exception:
                 log.exception("session-removal listener failed")
 
+    def unknown(self, session_id: str) -> NotFound:
+        """The answer for an id that names no live session, whichever the reason (never
+        created, deleted, expired, or another client's: a prober learns nothing)."""
+        return NotFound(
+            f"no session {shorten(session_id)}: it was deleted, expired after "
+            f"{self.ttl_seconds:.0f} s idle, or never existed"
+        )
+
     @staticmethod
     def check_id(session_id: str) -> None:
         if not session_id:
@@ -475,10 +483,7 @@ class InMemorySessionStore(SessionStore):
                 return session
             expired = self._expire_locked(now)
         self._notify_expired(expired)
-        raise NotFound(
-            f"no session {shorten(session_id)}: it was deleted, expired after "
-            f"{self.ttl_seconds:.0f} s idle, or never existed"
-        )
+        raise self.unknown(session_id)
 
     def save(self, session: Session) -> None:
         pass  # the store holds the object itself
