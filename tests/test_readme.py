@@ -164,7 +164,11 @@ def client_side_checks(python: Path, cwd: Path, env: dict[str, str], target: str
     blocker = cwd / "blocked.py"
     blocker.write_text(TORCH_BLOCKED)
     out = run([str(python), str(blocker), str(snippet)], cwd, env, timeout=120)
-    assert len(out.splitlines()) == 3 and " -> " in out, out
+    loss, returns, at_once = out.splitlines()  # (a ValueError: not the three lines it prints)
+    assert re.fullmatch(r"-?[\d.e-]+ -> -?[\d.e-]+", loss), out
+    for line in (returns, at_once):  # a real adaptation on a new task: the return improves
+        before, after = map(float, line.split(" -> "))
+        assert after > before, out
     listed = [c for c in commands(block_with("python examples/")) if c[0] == "python"]
     assert sorted(Path(c[1]).name for c in listed) == sorted(EXAMPLE_ARGS)
     for cmd in listed:
