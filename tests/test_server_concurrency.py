@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from threading import get_ident
 
 import grpc
 import numpy as np
@@ -17,6 +18,7 @@ from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_server.app import Server
 from metarl_server.batching import ActBatcher, ActJob
 from metarl_server.registry import PolicyRegistry
+from tests.client_support import wait_until
 from tests.server_support import (
     act,
     create,
@@ -75,17 +77,17 @@ def test_many_sessions_act_while_others_adapt(server: tuple[Server, grpc.Channel
     threads = [threading.Thread(target=actor, args=(sid,)) for sid in actors]
     for t in threads:
         t.start()
-    while acts_done[0] < 10:  # the actors are going
-        time.sleep(0.01)
-    started = acts_done[0]
+    assert wait_until(lambda: acts_done[0] >= 10, timeout=60)  # the actors are going
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(adapter, range(4)))
-    during = acts_done[0] - started
+    started = acts_done[0]
+    assert wait_until(lambda: acts_done[0] >= started + 10, timeout=60)  # and still going
     done.set()
     for t in threads:
         t.join(30)
     assert not errors, errors[0]
-    assert during >= 10  # actions kept being served while the adaptations ran
+    # (that actions are answered while an adaptation is in flight, whatever the machine's
+    # speed: test_act_is_not_stalled_by_a_long_adaptation)
     for sid in adapters:
         assert s.GetSession(pb.GetSessionRequest(session_id=sid)).session.adaptations == 2
 
@@ -111,19 +113,20 @@ def test_act_sees_the_old_or_the_new_parameters_never_a_mix(
         for k in range(8):
             s.Adapt(pb.AdaptRequest(session_id=sid, episodes=eps_proto(3, 30, k), steps=2))
             thetas.append(srv.sessions.get(sid).params)
-            time.sleep(0.01)
+            n = len(seen)  # the actor's second action from now was asked for after the swap
+            assert wait_until(lambda n=n: len(seen) >= n + 2, timeout=60)
     finally:
         stop.set()
         t.join(10)
     outs = [pv.policy.forward(theta, PROBE) for theta in thetas]
     assert len({o.tobytes() for o in outs}) == len(outs)  # every θ' acts differently
-    assert len(seen) > 20
+    assert len(seen) >= 16
     used = set()
     for a in seen:
         match = [i for i, o in enumerate(outs) if np.allclose(a, o, atol=1e-6)]
         assert len(match) == 1, "an action matches no single parameter set"
         used.add(match[0])
-    assert len(used) > 2  # the actor saw several swaps
+    assert len(used) >= 8  # the actor saw every swap
 
 
 def test_concurrent_adapts_of_one_session_never_lose_an_update(
@@ -178,32 +181,39 @@ def test_reset_during_an_adaptation_wins(server: tuple[Server, grpc.Channel]) ->
         assert session.params is session.policy.params and session.adaptations == 0
 
 
-def test_act_is_not_stalled_by_a_long_adaptation(server: tuple[Server, grpc.Channel]) -> None:
-    _srv, channel = server
+def test_act_is_not_stalled_by_a_long_adaptation(
+    server: tuple[Server, grpc.Channel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv, channel = server
     s = stub(channel)
     actor, busy = create(s, "nav"), create(s, "nav")
-    eps = eps_proto(40, 250, 5)  # 10,000 transitions, 10 steps: hundreds of ms
-    finished = threading.Event()
-    took: list[float] = []
+    # The adaptation is held in flight (its Adapt has claimed the session and handed the job
+    # to the adapter) for as long as the test needs: no race with the machine's speed.
+    in_flight, release = threading.Event(), threading.Event()
+    real_adapt = srv.adapter.adapt
 
-    def adapt() -> None:
-        start = time.perf_counter()
-        s.Adapt(pb.AdaptRequest(session_id=busy, episodes=eps, steps=10))
-        took.append(time.perf_counter() - start)
-        finished.set()
+    def held_adapt(*args, **kwargs):  # type: ignore[no-untyped-def]
+        in_flight.set()
+        assert release.wait(60), "the test never released the adaptation"
+        return real_adapt(*args, **kwargs)
 
-    t = threading.Thread(target=adapt)
+    monkeypatch.setattr(srv.adapter, "adapt", held_adapt)
+    result: list[pb.AdaptResponse] = []
+    t = threading.Thread(
+        target=lambda: result.append(
+            s.Adapt(pb.AdaptRequest(session_id=busy, episodes=eps_proto(40, 250, 5), steps=10))
+        )
+    )
     t.start()
-    latencies = []
-    while not finished.is_set():
-        start = time.perf_counter()
-        act(s, actor, PROBE[0])
-        latencies.append(time.perf_counter() - start)
-    t.join()
-    assert took[0] > 0.1, "the adaptation was too quick to show anything"
-    assert len(latencies) > 20
-    # the adaptation runs in another process: actions keep their usual latency
-    assert np.median(latencies) < 0.02, np.median(latencies)
+    try:
+        assert in_flight.wait(60)
+        actions = [act(s, actor, PROBE[0]) for _ in range(20)]  # each answered meanwhile
+        assert srv.sessions.get(busy).adapting  # (still in flight: nothing waited for it)
+    finally:
+        release.set()
+        t.join(120)
+    assert len(actions) == 20 and all(np.isfinite(a).all() for a, _ in actions)
+    assert result and result[0].stats.steps == 10
 
 
 def test_batcher_computes_queued_calls_in_one_pass(tmp_path: Path) -> None:
@@ -224,13 +234,13 @@ def test_batcher_computes_queued_calls_in_one_pass(tmp_path: Path) -> None:
         passes.append((calls, param_sets))
         if len(passes) == 1:
             first_pass.set()
-            release.wait(5)  # hold the leader while the others queue up
+            assert release.wait(60)  # hold the leader while the others queue up
 
     batcher = ActBatcher(on_batch=on_batch)
     blocker = ActJob(pv, pv.param_set, obs[0], True, np.random.default_rng(0))
     t0 = threading.Thread(target=batcher.run, args=(blocker,))
     t0.start()
-    first_pass.wait(5)
+    assert first_pass.wait(60)
     results: dict[int, np.ndarray] = {}
 
     def run(i: int) -> None:
@@ -240,12 +250,10 @@ def test_batcher_computes_queued_calls_in_one_pass(tmp_path: Path) -> None:
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(thetas))]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 5
-    while len(batcher._queue) < len(thetas) and time.monotonic() < deadline:
-        time.sleep(0.001)
+    assert wait_until(lambda: len(batcher._queue) == len(thetas), timeout=60)
     release.set()
     for t in [t0, *threads]:
-        t.join(5)
+        t.join(60)
     assert passes[0] == (1, 1)
     assert passes[1] == (len(thetas), 7)  # one pass: 6 adapted θ' + the shared θ
     for i, e in enumerate(expected):
@@ -255,11 +263,13 @@ def test_batcher_computes_queued_calls_in_one_pass(tmp_path: Path) -> None:
 def test_a_lone_call_is_not_delayed(tmp_path: Path) -> None:
     registry = PolicyRegistry()
     pv = registry.add_checkpoint(make_checkpoint(tmp_path / "nav" / "1"))
-    batcher = ActBatcher()
-    job = ActJob(pv, pv.param_set, np.zeros((1, 2), np.float32), False, np.random.default_rng(0))
-    for _ in range(50):
+    passes: list[tuple[int, int, int]] = []
+    batcher = ActBatcher(on_batch=lambda calls, sets: passes.append((calls, sets, get_ident())))
+    for _ in range(20):
+        job = ActJob(
+            pv, pv.param_set, np.zeros((1, 2), np.float32), False, np.random.default_rng(0)
+        )
         batcher.run(job)
-    start = time.perf_counter()
-    for _ in range(200):
-        batcher.run(job)
-    assert (time.perf_counter() - start) / 200 < 500e-6  # no timer: microseconds, not a wait
+        assert job.event is None  # never queued: no timer, no wait for company
+        assert np.isfinite(job.result_one()[1])
+    assert passes == [(1, 1, get_ident())] * 20  # each computed at once, in the caller's thread
