@@ -22,19 +22,19 @@ from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.proto.metarl.v1 import policy_service_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-LOAD_DELAY = 0.25  # seconds the slowed server sleeps before loading its policies
-
-# `python -m metarl_server`, with the policy load held back LOAD_DELAY seconds (after the port
-# opened), so the test surely calls while the server is still loading.
-SLOW_SERVER = f"""
-import time
+# `python -m metarl_server`, with the policy load held back (after the port opened) until the
+# file named by $RELEASE exists: the test surely calls while the server is still loading,
+# whatever the machine's speed.
+HELD_SERVER = """
+import os, time
 import metarl_server.app as app
 from metarl_server.__main__ import main
 build_into = app.build_into
-def slow_build_into(registry, cfg):
-    time.sleep({LOAD_DELAY})
+def held_build_into(registry, cfg):
+    while not os.path.exists(os.environ["RELEASE"]):
+        time.sleep(0.01)
     return build_into(registry, cfg)
-app.build_into = slow_build_into
+app.build_into = held_build_into
 main()
 """
 
@@ -57,11 +57,15 @@ def _wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 60.0
             time.sleep(0.002)
 
 
-def test_calls_from_the_instant_the_port_opens_are_unavailable_until_loaded() -> None:
+def test_calls_from_the_instant_the_port_opens_are_unavailable_until_loaded(
+    tmp_path: Path,
+) -> None:
     port = _free_port()
+    release = tmp_path / "release"
     proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_SERVER, "--port", str(port)],
-        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", "METARL_GRACE": "1"},
+        [sys.executable, "-c", HELD_SERVER, "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "METARL_GRACE": "1", "RELEASE": str(release)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     target = f"localhost:{port}"
@@ -90,6 +94,8 @@ def test_calls_from_the_instant_the_port_opens_are_unavailable_until_loaded() ->
             deadline = time.monotonic() + 60
             while True:
                 assert time.monotonic() < deadline, "never served"
+                if health_while_refusing:  # one round of calls while held: now let it load
+                    release.touch()
                 try:
                     policies = s.ListPolicies(pb.ListPoliciesRequest(), timeout=5).policies
                     created = s.CreateSession(
@@ -106,7 +112,7 @@ def test_calls_from_the_instant_the_port_opens_are_unavailable_until_loaded() ->
                     refused.append(("StreamAct", err.code(), err.details()))
                 status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
                 health_while_refusing.add(status)
-        assert refused, "the load was slowed: the first calls must have been refused"
+        assert refused, "the load was held: the first calls must have been refused"
         for what, code, details in refused:
             if what == "StreamAct" and code == grpc.StatusCode.NOT_FOUND:
                 continue  # (loaded between the two calls)
