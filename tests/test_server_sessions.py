@@ -13,6 +13,7 @@ import pytest
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_server.registry import PolicyRegistry
 from metarl_server.sessions import InMemorySessionStore, Recording, Session
+from tests.client_support import wait_until
 from tests.server_support import (
     act,
     create,
@@ -33,22 +34,43 @@ def registry(tmp_path: Path) -> PolicyRegistry:
     return registry
 
 
-def test_idle_sessions_expire_and_use_keeps_them_alive(registry: PolicyRegistry) -> None:
-    with serving(registry, session_ttl=1.5) as (srv, channel):
+class SkewedClock:
+    """``time`` as :mod:`metarl_server.sessions` sees it, with ``monotonic()`` ahead of the real
+    one by ``ahead`` seconds: a test moves the sessions' idle clocks forward at will instead of
+    sleeping (and racing the machine's speed)."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.ahead
+
+    def time(self) -> float:
+        return time.time() + self.ahead
+
+
+def test_idle_sessions_expire_and_use_keeps_them_alive(
+    registry: PolicyRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import metarl_server.sessions
+
+    clock = SkewedClock()
+    monkeypatch.setattr(metarl_server.sessions, "time", clock)
+    with serving(registry, session_ttl=100.0) as (srv, channel):
         s = make_stub(channel)
         idle, busy = create(s, "nav"), create(s, "nav")
         pv = registry.get("nav")
         assert pv.sessions == 2
-        for _ in range(6):  # 3 s of use, 0.5 s apart
-            time.sleep(0.5)
-            act(s, busy, PROBE)
+        clock.ahead = 60.0
+        act(s, busy, PROBE)  # used 60 s in: busy's idle clock restarts
+        clock.ahead = 120.0  # idle: 120 s idle; busy: 60 s
         with pytest.raises(grpc.RpcError) as err:
             s.GetSession(pb.GetSessionRequest(session_id=idle))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND and "expired" in err.value.details()
         assert s.GetSession(pb.GetSessionRequest(session_id=busy)).session.id == busy
         assert len(srv.sessions) == 1 and pv.sessions == 1  # the version was released
-        time.sleep(2.6)  # expiry also runs without traffic (the maintenance thread)
-        assert len(srv.sessions) == 0 and pv.sessions == 0
+        clock.ahead = 300.0  # no traffic: the maintenance thread (each second) expires it
+        assert wait_until(lambda: len(srv.sessions) == 0 and pv.sessions == 0, timeout=60)
 
 
 def test_session_limit(registry: PolicyRegistry) -> None:
