@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -301,16 +300,14 @@ def test_serve_on_a_busy_port(flag: str) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        started = time.monotonic()
         ports = {"--port": "0", flag: str(port)}
         proc = subprocess.run(
             [*METARL, "serve", "--host", "127.0.0.1", *(x for kv in ports.items() for x in kv)],
             capture_output=True, text=True, timeout=60, env=ENV,
         )  # fmt: skip
     assert proc.returncode == 1
-    line = one_error_line(proc.stderr, "metarl serve")
-    assert f"port {port} is already in use" in line and f"another {flag}" in line
-    assert time.monotonic() - started < 30  # refused before any worker starts
+    line = one_error_line(proc.stderr, "metarl serve")  # no loading or worker-start logs:
+    assert f"port {port} is already in use" in line and f"another {flag}" in line  # refused first
 
 
 def test_ctrl_c_in_a_terminal_ends_the_demo_in_one_line() -> None:
