@@ -132,6 +132,21 @@ def observations(
     return arr
 
 
+def refuse_keywords(call: str, signature: str, unexpected: dict[str, Any]) -> None:
+    """A TypeError naming the keywords ``call`` does not take and the ones it does: a
+    reporting method that swallowed ``**unexpected`` to say this instead of Python's bare
+    "unexpected keyword argument"."""
+    if not unexpected:
+        return
+    names = ", ".join(repr(k) for k in unexpected)
+    hint = ""
+    if "done" in unexpected:
+        hint = "; gymnasium's done is `terminated or truncated`: pass the two flags step() returned"
+    raise TypeError(
+        f"{call}() got unexpected keyword argument(s) {names}: it takes {signature}{hint}"
+    )
+
+
 def feedback(reward: float | None, terminated: bool, truncated: bool) -> pb.StepFeedback | None:
     """The outcome of the previous action, or None when there is none to report."""
     if reward is None:
