@@ -8,8 +8,11 @@ own.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
 import re
+from typing import Any
 
 import gymnasium as gym
 
@@ -21,10 +24,26 @@ from metarl_envs.pendulum_family import BatchedPendulumFamily, PendulumFamilyEnv
 
 _FAMILIES: dict[str, type[TaskFamilyEnv]] = {}
 _POLICY_NAMES: dict[str, str] = {}
+_LAZY: dict[str, tuple[str, str]] = {}
+"""Installed optional families whose module is imported at first use (``import metaworld`` alone
+takes a second): env id -> (module, class)."""
+_MUJOCO_HINT = "pip install 'metarl[mujoco]' (or 'metarl-envs[mujoco]' without torch)"
+_METAWORLD_HINT = "pip install 'metarl[metaworld]' (or 'metarl-envs[metaworld]' without torch)"
+_MUJOCO_FAMILIES = {
+    "metarl/HalfCheetahVel-v0": ("half_cheetah", "HalfCheetahVelEnv", "half-cheetah-vel"),
+    "metarl/HalfCheetahDir-v0": ("half_cheetah", "HalfCheetahDirEnv", "half-cheetah-dir"),
+    "metarl/AntDir-v0": ("ant", "AntDirEnv", "ant-dir"),
+    "metarl/AntGoal-v0": ("ant", "AntGoalEnv", "ant-goal"),
+    "metarl/AntVel-v0": ("ant", "AntVelEnv", "ant-vel"),
+}
+_METAWORLD_FAMILIES = {
+    "metarl/ML1Reach-v3": ("metaworld_ml1", "ML1ReachEnv", "ml1-reach"),
+    "metarl/ML1Push-v3": ("metaworld_ml1", "ML1PushEnv", "ml1-push"),
+    "metarl/ML1PickPlace-v3": ("metaworld_ml1", "ML1PickPlaceEnv", "ml1-pick-place"),
+}
 OPTIONAL_FAMILIES = {
-    "metarl/HalfCheetahVel-v0": (
-        "pip install 'metarl[mujoco]' (or 'metarl-envs[mujoco]' without torch)"
-    )
+    **{env_id: _MUJOCO_HINT for env_id in _MUJOCO_FAMILIES},
+    **{env_id: _METAWORLD_HINT for env_id in _METAWORLD_FAMILIES},
 }
 """Families registered only when their extra is installed, and the command that installs it."""
 
@@ -72,18 +91,21 @@ def family(env_id: str) -> type[TaskFamilyEnv]:
         return _FAMILIES[env_id]
     except KeyError:
         pass
+    if env_id in _LAZY:
+        return _load(env_id)
     if env_id in OPTIONAL_FAMILIES:
         raise UnknownFamily(
-            f"task family {env_id} needs MuJoCo, which is not installed: "
-            f"{OPTIONAL_FAMILIES[env_id]}"
+            f"task family {env_id} needs "
+            f"{'Meta-World' if env_id in _METAWORLD_FAMILIES else 'MuJoCo'}, which is not "
+            f"installed: {OPTIONAL_FAMILIES[env_id]}"
         )
     raise UnknownFamily(
-        f"unknown task family {env_id!r}; registered families: {', '.join(sorted(_FAMILIES))}"
+        f"unknown task family {env_id!r}; registered families: {', '.join(registered_families())}"
     )
 
 
 def registered_families() -> list[str]:
-    return sorted(_FAMILIES)
+    return sorted({*_FAMILIES, *_LAZY})
 
 
 def policy_name(env_id: str) -> str:
@@ -105,10 +127,40 @@ def derived_policy_name(env_id: str) -> str:
 register_family("metarl/CartPoleFamily-v0", CartPoleFamilyEnv, policy_name="cartpole-family")
 register_family("metarl/Navigation2D-v0", Navigation2DEnv, policy_name="navigation-2d")
 register_family("metarl/PendulumFamily-v0", PendulumFamilyEnv, policy_name="pendulum-family")
-if importlib.util.find_spec("mujoco") is not None:  # the optional extra metarl[mujoco]
-    from metarl_envs.half_cheetah_vel import HalfCheetahVelEnv
 
-    register_family("metarl/HalfCheetahVel-v0", HalfCheetahVelEnv, policy_name="half-cheetah-vel")
+
+def _load(env_id: str) -> type[TaskFamilyEnv]:
+    module, cls = _LAZY.pop(env_id)
+    env_cls: type[TaskFamilyEnv] = getattr(importlib.import_module(f"metarl_envs.{module}"), cls)
+    register_family(env_id, env_cls, policy_name=_POLICY_NAMES.get(env_id))
+    return env_cls
+
+
+def _lazy_vector_env(env_id: str, **kwargs: Any) -> TaskFamilyVectorEnv:
+    return TaskFamilyVectorEnv(family(env_id).batched_cls, **kwargs)
+
+
+def _register_optional(
+    families: dict[str, tuple[str, str, str]], max_episode_steps: int, *packages: str
+) -> None:
+    """Registers ``families`` (with gymnasium too) when all of ``packages`` are installed (their
+    extra), without importing them: :func:`family` or ``gymnasium.make`` does at first use."""
+    if any(importlib.util.find_spec(p) is None for p in packages):
+        return
+    for env_id, (module, cls, name) in families.items():
+        _LAZY[env_id] = (module, cls)
+        _POLICY_NAMES[env_id] = name
+        if env_id not in gym.registry:
+            gym.register(
+                id=env_id,
+                entry_point=f"metarl_envs.{module}:{cls}",
+                vector_entry_point=functools.partial(_lazy_vector_env, env_id),
+                max_episode_steps=max_episode_steps,
+            )
+
+
+_register_optional(_MUJOCO_FAMILIES, 200, "mujoco")  # the extra metarl-envs[mujoco]
+_register_optional(_METAWORLD_FAMILIES, 500, "mujoco", "metaworld")  # metarl-envs[metaworld]
 
 __all__ = [
     "BatchedCartPoleFamily",

@@ -56,6 +56,23 @@ Implementing your own family::
 after which ``metarl train --env metarl/MyFamily-v0`` and ``metarl eval`` work on it, and
 ``gymnasium.utils.env_checker.check_env(gym.make("metarl/MyFamily-v0").unwrapped)`` should pass.
 All randomness must come from the ``rng`` passed in, so the same seed gives the same episodes.
+
+Held-out tasks and success flags (both optional; the defaults suit families without them)::
+
+    tasks = BatchedMyFamily.sample_test_tasks(40, rng)  # what `metarl eval` scores on
+
+A family whose benchmark fixes a separate test split (Meta-World ML1: 50 train goals, 50 test
+goals) overrides :meth:`BatchedTaskEnv.sample_test_tasks`; every other family's held-out tasks are
+fresh draws of :meth:`BatchedTaskEnv.sample_tasks` from a stream of their own. The gymnasium view
+takes ``split="test"``: ``env.unwrapped.sample_tasks(40, seed=0, split="test")``.
+
+A family that knows when a task is solved sets ``reports_success = True`` and, in every
+:meth:`BatchedTaskEnv.step`, fills ``self.success`` (``[num_envs]`` bools: solved at this step);
+:meth:`BatchedTaskEnv.reset` and ``reset_envs`` clear it. The step signature stays
+``(obs, rewards, terminated)``, so callers that ignore success are unchanged; the gymnasium env puts
+the flag in ``info["success"]`` and the vector env in ``info["success"]`` (with gymnasium's
+``info["_success"]`` mask). Meta-World's protocol scores an episode a success when the flag is set
+at any step of it.
 """
 
 from __future__ import annotations
@@ -85,17 +102,32 @@ class BatchedTaskEnv(ABC):
     observation_space: ClassVar[gym.spaces.Box]
     action_space: ClassVar[gym.spaces.Space[Any]]
     max_episode_steps: ClassVar[int]
+    reports_success: ClassVar[bool] = False
+    """Whether :meth:`step` sets :attr:`success` (Meta-World's ``info["success"]``)."""
 
     def __init__(self, num_envs: int) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
         self.num_envs = num_envs
         self.tasks: list[Task] = []
+        self.success: NDArray[np.bool_] = np.zeros(num_envs, dtype=bool)
+        """Per env: whether the task counted as solved at the latest :meth:`step` (always false
+        unless ``reports_success``). Read it right after ``step``; an episode succeeds when it was
+        true at any of its steps."""
 
     @staticmethod
     @abstractmethod
     def sample_tasks(num_tasks: int, rng: np.random.Generator) -> list[Task]:
         """Draws ``num_tasks`` tasks from the family's task distribution."""
+
+    @classmethod
+    def sample_test_tasks(cls, num_tasks: int, rng: np.random.Generator) -> list[Task]:
+        """Draws ``num_tasks`` held-out tasks, for evaluation after meta-training.
+
+        By default the training distribution (callers draw them from a stream of their own);
+        families with a fixed test split (Meta-World ML1's test goals) override it, and their
+        :meth:`sample_tasks` then never returns a test task."""
+        return cls.sample_tasks(num_tasks, rng)
 
     @abstractmethod
     def set_tasks(self, tasks: Sequence[Task]) -> None:
@@ -161,9 +193,12 @@ class TaskFamilyEnv(gym.Env[NDArray[np.float32], Any]):
         if task is not None:
             self.set_task(task)
 
-    def sample_tasks(self, num_tasks: int, seed: int | None = None) -> list[Task]:
-        """Draws tasks; the same ``seed`` gives the same tasks."""
-        return self.batched_cls.sample_tasks(num_tasks, np.random.default_rng(seed))
+    def sample_tasks(
+        self, num_tasks: int, seed: int | None = None, split: str = "train"
+    ) -> list[Task]:
+        """Draws tasks; the same ``seed`` gives the same tasks. ``split="test"``: held-out tasks
+        (:meth:`BatchedTaskEnv.sample_test_tasks`)."""
+        return _sample(self.batched_cls, num_tasks, seed, split)
 
     def set_task(self, task: Task) -> None:
         self._batched.set_tasks([task])
@@ -192,7 +227,10 @@ class TaskFamilyEnv(gym.Env[NDArray[np.float32], Any]):
         obs, reward, terminated = self._batched.step(np.asarray(action)[None])
         self._steps += 1
         truncated = self._steps >= self.batched_cls.max_episode_steps and not terminated[0]
-        return obs[0], float(reward[0]), bool(terminated[0]), bool(truncated), {}
+        info = (
+            {"success": bool(self._batched.success[0])} if self.batched_cls.reports_success else {}
+        )
+        return obs[0], float(reward[0]), bool(terminated[0]), bool(truncated), info
 
 
 class TaskFamilyVectorEnv(VectorEnv[NDArray[np.float32], NDArray[Any], NDArray[Any]]):
@@ -230,9 +268,11 @@ class TaskFamilyVectorEnv(VectorEnv[NDArray[np.float32], NDArray[Any], NDArray[A
         if tasks is not None:
             self.set_tasks(tasks)
 
-    def sample_tasks(self, num_tasks: int, seed: int | None = None) -> list[Task]:
-        """Draws tasks; the same ``seed`` gives the same tasks."""
-        return self.batched_cls.sample_tasks(num_tasks, np.random.default_rng(seed))
+    def sample_tasks(
+        self, num_tasks: int, seed: int | None = None, split: str = "train"
+    ) -> list[Task]:
+        """Draws tasks; the same ``seed`` gives the same tasks (``split="test"``: held out)."""
+        return _sample(self.batched_cls, num_tasks, seed, split)
 
     def set_tasks(self, tasks: Sequence[Task]) -> None:
         """Puts env ``i`` on ``tasks[i]`` from the next :meth:`reset`."""
@@ -269,6 +309,10 @@ class TaskFamilyVectorEnv(VectorEnv[NDArray[np.float32], NDArray[Any], NDArray[A
         if not self._has_tasks:
             raise RuntimeError("call reset() before step()")
         obs, rewards32, terminated = self._batched.step(np.asarray(actions))
+        info: dict[str, Any] = {}
+        if self.batched_cls.reports_success:
+            success = self._batched.success.copy()
+            info = {"success": success, "_success": ~self._autoreset}
         rewards = rewards32.astype(np.float64)
         terminated = np.asarray(terminated, dtype=bool).copy()
         self._steps += 1
@@ -280,8 +324,21 @@ class TaskFamilyVectorEnv(VectorEnv[NDArray[np.float32], NDArray[Any], NDArray[A
             terminated[restart] = False
             truncated[restart] = False
             self._steps[restart] = 0
+            if info:
+                info["success"][restart] = False
         self._autoreset = terminated | truncated
-        return obs, rewards, terminated, truncated, {}
+        return obs, rewards, terminated, truncated, info
+
+
+def _sample(
+    batched_cls: type[BatchedTaskEnv], num_tasks: int, seed: int | None, split: str
+) -> list[Task]:
+    rng = np.random.default_rng(seed)
+    if split == "train":
+        return batched_cls.sample_tasks(num_tasks, rng)
+    if split == "test":
+        return batched_cls.sample_test_tasks(num_tasks, rng)
+    raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
 
 def vector_entry_point(batched_cls: type[BatchedTaskEnv]) -> functools.partial[TaskFamilyVectorEnv]:
