@@ -3,26 +3,38 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
-STAMP  := $(VENV)/.installed-stamp
-DEV_STAMP := $(VENV)/.dev-installed-stamp
+comma  := ,
+# Optional task families to install with `make install`: EXTRAS=mujoco (the MuJoCo locomotion
+# families), EXTRAS=metaworld (Meta-World ML1), EXTRAS=mujoco,metaworld (both).
+EXTRAS ?=
+# What `make dev` (and so test, lint, CI) adds: every optional family, so `make test` runs them.
+DEV_EXTRAS ?= mujoco,metaworld
+# One stamp per set of extras: asking for other extras installs again.
+STAMP  := $(VENV)/.installed-stamp$(if $(EXTRAS),-$(subst $(comma),-,$(EXTRAS)))
+DEV_STAMP := $(VENV)/.dev-installed-stamp$(if $(DEV_EXTRAS),-$(subst $(comma),-,$(DEV_EXTRAS)))
 
 .PHONY: install dev proto check-proto lint test test-slow demo bundle-checkpoints clean
 
 # What running needs (train, eval and its --plot, serve, demo): the package with matplotlib, and
-# the client; no development tools.
+# the client; no development tools. EXTRAS adds optional task families.
 install: $(STAMP)
 
 $(STAMP): pyproject.toml client/pyproject.toml envs/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet -c constraints.txt -e ./client -e ./envs -e '.[plot]'
+	$(PIP) install --quiet -c constraints.txt -e ./client \
+	  -e './envs$(if $(EXTRAS),[$(EXTRAS)])' -e '.[plot$(if $(EXTRAS),$(comma)$(EXTRAS))]'
 	touch $@
 
 # The development tools on top (pytest, ruff, mypy, grpcio-tools, ...): test, lint and proto
-# pull them in themselves.
+# pull them in themselves. The optional families' packages too (DEV_EXTRAS); where one cannot
+# install, the rest still does, the reason is printed, and pytest skips those families' tests.
 dev: $(DEV_STAMP)
 
 $(DEV_STAMP): $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e ./client -e ./envs -e '.[dev]'
+	$(if $(DEV_EXTRAS),$(PIP) install --quiet -c constraints.txt -e './envs[$(DEV_EXTRAS)]' \
+	  || echo "make dev: the extras $(DEV_EXTRAS) did not install (pip's reason above);" \
+	     "the tests of their task families will be skipped" >&2)
 	touch $@
 
 # Regenerate the Python stubs in client/metarl_client/proto from proto/ (grpcio-tools is pinned).
