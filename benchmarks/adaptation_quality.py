@@ -3,15 +3,16 @@
     .venv/bin/python benchmarks/adaptation_quality.py                 # every registered family
     .venv/bin/python benchmarks/adaptation_quality.py --families navigation cartpole
 
-For each family this runs ``metarl.train.train`` with its preset (``metarl/presets/<family>.toml``,
-``default`` or ``--preset NAME``; timed, wall clock), then
-``metarl.eval.evaluate`` on ``--tasks`` held-out tasks drawn with ``--eval-seed`` (a stream
-training never sees): mean return after 0..K inner steps of the meta-trained θ (``maml``), of a
-policy trained on all tasks jointly (``pretrained``: multi-task REINFORCE with Adam, by default
-as many updates as MAML's training) and of a random initialization (``random``), each
-fine-tuned with the same inner steps on the same episodes' random streams, the baselines with the
-learning rate and exploration std that ``metarl eval`` chose for them on training tasks. It prints
-one table per family with the baselines' grids, a summary, and the targets of issue 3:
+For each family this runs ``metarl.training.train.train`` with its preset
+(``metarl/presets/<family>.toml``, ``default`` or ``--preset NAME``; timed, wall clock), then
+``metarl.evaluation.eval.evaluate`` on ``--tasks`` held-out tasks drawn with ``--eval-seed`` (a
+stream training never sees): mean return after 0..K inner steps of the meta-trained θ
+(``maml``), of a policy trained on all tasks jointly (``pretrained``: multi-task REINFORCE with
+Adam, by default as many updates as MAML's training) and of a random initialization
+(``random``), each fine-tuned with the same inner steps on the same episodes' random streams,
+the baselines with the learning rate and exploration std that ``metarl eval`` chose for them on
+training tasks. It prints one table per family with the baselines' grids, a summary, and the
+targets of issue 3:
 
 * Navigation2D: return after 1 inner step >= -10 on 40 held-out tasks, training <= 300 s;
 * CartPole family: adapted return (1 step) >= 1.5 x unadapted;
@@ -30,9 +31,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from metarl import config, envs
-from metarl.eval import EvalConfig, EvalResult, evaluate, format_fine_tuning, format_table
-from metarl.train import TrainConfig, train
+from metarl import envs
+from metarl.evaluation.eval import (
+    EvalConfig,
+    EvalResult,
+    evaluate,
+    format_fine_tuning,
+    format_table,
+)
+from metarl.training import config
+from metarl.training.train import TrainConfig, train
 
 # The families this benchmark runs; each trains with its preset in metarl/presets/<family>.toml
 # (`default` unless --preset says otherwise), the settings `metarl train --env ID` uses.

@@ -18,14 +18,14 @@ message types, whose handlers return the request):
 - QPS with 16 calls in flight (16 sessions, asyncio client), against echo with 16 in flight.
 - Adapt of 20 episodes x 100 steps (one inner step, from θ: the session is reset, untimed,
   before each) over gRPC, against the same adaptation in this process
-  (``metarl.inner_loop.prepare(pad_episodes(...))`` + ``adapt``, 1 torch thread as in the
+  (``metarl.core.inner_loop.prepare(pad_episodes(...))`` + ``adapt``, 1 torch thread as in the
   server's worker).
 - RSS of the serving process holding N adapted sessions (every session has its own θ'),
   against the policy's parameter bytes; the adaptation worker's RSS is reported beside it.
 
 The policy is the 2D-navigation one (MLP 64-64 tanh, 2-D observations, 2-D gaussian actions,
 the issue's reference size) with random parameters written by
-``metarl.checkpoint.save_checkpoint``; ``--bundled`` serves the bundled ``navigation-2d``
+``metarl.core.checkpoint.save_checkpoint``; ``--bundled`` serves the bundled ``navigation-2d``
 checkpoint instead (trained, MLP 32-32). The server serves that one checkpoint only.
 """
 
@@ -137,16 +137,16 @@ def children(pid: int) -> list[int]:
 def navigation_model_dir(tmp: Path, bundled: bool = False) -> tuple[Path, str]:
     """A model directory holding a ``navigation-2d`` checkpoint: by default one with the
     reference architecture (MLP 64-64 tanh, 2-D gaussian actions) and random θ, written by
-    ``metarl.checkpoint.save_checkpoint`` (the values do not change the cost of a call); with
+    ``metarl.core.checkpoint.save_checkpoint`` (the values do not change the cost of a call); with
     ``bundled``, the bundled checkpoint (trained, but a smaller MLP, 32-32)."""
     if bundled:
         return ROOT / "metarl" / "data" / "checkpoints", "bundled navigation-2d"
     import torch
 
-    from metarl import policies
-    from metarl.checkpoint import Checkpoint, save_checkpoint
-    from metarl.inner_loop import InnerLoopConfig
-    from metarl.policies import PolicySpec
+    from metarl.core import policies
+    from metarl.core.checkpoint import Checkpoint, save_checkpoint
+    from metarl.core.inner_loop import InnerLoopConfig
+    from metarl.core.policies import PolicySpec
 
     spec = PolicySpec(obs_dim=2, action_dim=2, distribution="gaussian", hidden_sizes=(64, 64))
     params = policies.init_params(spec, torch.Generator().manual_seed(0))
@@ -298,8 +298,8 @@ def in_process_adapt(
     function, called here)."""
     import torch
 
-    from metarl import inner_loop
-    from metarl.checkpoint import load_checkpoint
+    from metarl.core import inner_loop
+    from metarl.core.checkpoint import load_checkpoint
     from metarl_server import worker
 
     torch.set_num_threads(1)

@@ -20,7 +20,7 @@ load from other jobs on the machine shifts numerator and denominator alike.
   task, the inner loop with autograd ``create_graph=True``, the KL's Hessian-vector products by
   double backward through it, the line search re-running every task's inner loop. The math is
   the same as metarl's (tests/test_algorithms.py checks the closed forms against this autograd).
-* ``metarl``: ``metarl.train`` itself: all tasks x episodes stepped in one batched env, tasks
+* ``metarl``: the trainer itself: all tasks x episodes stepped in one batched env, tasks
   stacked in batched matmuls, closed-form products with the inner loop's Jacobian
   (metarl/algorithms/derivatives.py); 1 or 2 worker threads, or 2 torchrun processes of 1
   thread; and, for comparison, 1 worker with torch's 2 OpenMP threads (which metarl turns off).
@@ -31,7 +31,7 @@ load from other jobs on the machine shifts numerator and denominator alike.
   configuration: rllab's subsample_factor, TRPO paper app. C), shown separately.
 
 Also measured, for the design choice it settles: the inner loop over 20 tasks as stacked batched
-matmuls (``metarl.inner_loop.adapt``) against ``torch.func.vmap`` of the per-task inner loop.
+matmuls (``metarl.core.inner_loop.adapt``) against ``torch.func.vmap`` of the per-task inner loop.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ import numpy as np
 import torch
 
 import metarl.envs
-from metarl import inner_loop, policies
-from metarl.inner_loop import EpisodeBatch, InnerLoopConfig, LossBatch
-from metarl.train import TrainConfig, train
+from metarl.core import inner_loop, policies
+from metarl.core.inner_loop import EpisodeBatch, InnerLoopConfig, LossBatch
+from metarl.training.train import TrainConfig, train
 
 ENV = "metarl/Navigation2D-v0"
 TASKS, EPISODES, HIDDEN, ALPHA = 20, 20, (64, 64), 0.1
@@ -69,8 +69,9 @@ REFERENCE = dict(
 
 
 def metarl_seconds(iterations: int, threads: int, omp: int = 1, **overrides: object) -> list[float]:
-    """Per-iteration seconds of ``metarl.train`` in this process, with ``threads`` worker threads;
-    ``omp`` > 1 lets torch's own (OpenMP) intra-op threads run too, which metarl turns off."""
+    """Per-iteration seconds of ``metarl.training.train`` in this process, with ``threads``
+    worker threads; ``omp`` > 1 lets torch's own (OpenMP) intra-op threads run too, which metarl
+    turns off."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(
             **{**REFERENCE, **overrides},  # type: ignore[arg-type]
@@ -291,7 +292,8 @@ def kl_hvp_ms() -> tuple[float, float]:
     post-update and 2000 pre-update steps: autograd's double backward (Hessian-vector product of
     the KL recomputed through inner_loop.adapt(create_graph=True); the KL gradient graph built
     once, as a naive implementation would) against the closed form metarl uses."""
-    from metarl.algorithms import distributed, maml
+    from metarl.training import distributed
+    from metarl.training.algorithms import maml
 
     torch.set_num_threads(1)
     spec = policies.PolicySpec(2, 2, "gaussian", HIDDEN)

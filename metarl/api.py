@@ -8,8 +8,8 @@
 >>> adapted.evaluate(env, episodes=10, seed=100)          # mean episode return
 
 ``adapt`` runs exactly what the server's ``Adapt`` runs in its worker: the checkpoint's inner
-loop (:func:`metarl.inner_loop.adapt_with_loss`, the steps of
-:func:`~metarl.inner_loop.adapt_on_episodes`) on the episodes converted as the server converts
+loop (:func:`metarl.core.inner_loop.adapt_with_loss`, the steps of
+:func:`~metarl.core.inner_loop.adapt_on_episodes`) on the episodes converted as the server converts
 them, with the inner steps a policy has already taken counted as a session counts them. The same
 episodes therefore give the same θ' and the same deterministic actions as a server session.
 """
@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from metarl import envs, inner_loop, policies
-from metarl.checkpoint import Checkpoint, load_checkpoint
-from metarl.checkpoint_paths import resolve_checkpoint
-from metarl.policies import Params
+from metarl import envs
+from metarl.core import inner_loop, policies
+from metarl.core.checkpoint import Checkpoint, load_checkpoint
+from metarl.core.checkpoint_paths import resolve_checkpoint
+from metarl.core.policies import Params
 from metarl_client.client import ActResult
 from metarl_client.helpers import mean_return, rollout
 from metarl_client.types import Episode

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from metarl import inner_loop, policies
-from metarl.algorithms import distributed, maml
-from metarl.inner_loop import InnerLoopConfig, LossBatch
-from metarl.policies import PolicySpec
+from metarl.core import inner_loop, policies
+from metarl.core.inner_loop import InnerLoopConfig, LossBatch
+from metarl.core.policies import PolicySpec
+from metarl.training import distributed
+from metarl.training.algorithms import maml
 
 F64 = torch.float64
 

@@ -1,6 +1,6 @@
 """Helpers of the server tests (tests/test_server_*.py): real servers on [::]:0, checkpoints
-written by ``metarl.checkpoint.save_checkpoint``, and raw stubs (no SDK, so the tests see exactly
-what goes over the wire)."""
+written by ``metarl.core.checkpoint.save_checkpoint``, and raw stubs (no SDK, so the tests see
+exactly what goes over the wire)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import grpc
 import numpy as np
 import torch
 
-from metarl import policies
-from metarl.checkpoint import Checkpoint, save_checkpoint
-from metarl.inner_loop import InnerLoopConfig
-from metarl.policies import PolicySpec
+from metarl.core import policies
+from metarl.core.checkpoint import Checkpoint, save_checkpoint
+from metarl.core.inner_loop import InnerLoopConfig
+from metarl.core.policies import PolicySpec
 from metarl_client.proto.metarl.v1 import admin_service_pb2 as admin_pb
 from metarl_client.proto.metarl.v1 import admin_service_pb2_grpc as admin_grpc
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb

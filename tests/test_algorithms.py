@@ -10,15 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from metarl import envs, inner_loop, policies
-from metarl.algorithms import distributed, maml, trpo
-from metarl.algorithms.derivatives import InnerLoopJacobian
-from metarl.algorithms.flat import flatten, unflatten
-from metarl.checkpoint import load_checkpoint
-from metarl.inner_loop import InnerLoopConfig
-from metarl.policies import Params, PolicySpec
-from metarl.sampling import sample_episodes
-from metarl.train import TrainConfig, train
+from metarl import envs
+from metarl.core import inner_loop, policies
+from metarl.core.checkpoint import load_checkpoint
+from metarl.core.inner_loop import InnerLoopConfig
+from metarl.core.policies import Params, PolicySpec
+from metarl.core.sampling import sample_episodes
+from metarl.training import distributed
+from metarl.training.algorithms import maml, trpo
+from metarl.training.algorithms.derivatives import InnerLoopJacobian
+from metarl.training.algorithms.flat import flatten, unflatten
+from metarl.training.train import TrainConfig, train
 from tests.algorithms_support import F64, meta_objective, post_objective, problem
 
 

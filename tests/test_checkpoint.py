@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from metarl import policies
-from metarl.checkpoint import (
+from metarl.core import policies
+from metarl.core.checkpoint import (
     Checkpoint,
     CheckpointError,
     bundled_checkpoints_dir,
     load_checkpoint,
     save_checkpoint,
 )
-from metarl.inner_loop import InnerLoopConfig
+from metarl.core.inner_loop import InnerLoopConfig
 
 
 def _checkpoint(lrs: bool = False) -> Checkpoint:

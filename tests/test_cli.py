@@ -10,8 +10,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from metarl.checkpoint import load_checkpoint
-from metarl.demo import DemoConfig, run_demo
+from metarl.cli.demo import DemoConfig, run_demo
+from metarl.core.checkpoint import load_checkpoint
 from tests.process_support import spawn_server
 
 METARL = [sys.executable, "-m", "metarl.cli"]

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from metarl import config, envs
-from metarl.checkpoint import load_checkpoint
+from metarl import envs
 from metarl.cli import main as cli_main
-from metarl.train import TrainConfig, train
+from metarl.core.checkpoint import load_checkpoint
+from metarl.training import config
+from metarl.training.train import TrainConfig, train
 
 NAV = "metarl/Navigation2D-v0"
 TINY = [

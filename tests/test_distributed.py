@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from metarl import inner_loop
-from metarl.algorithms import distributed, maml
-from metarl.checkpoint import load_checkpoint
-from metarl.inner_loop import InnerLoopConfig, LossBatch
+from metarl.core import inner_loop
+from metarl.core.checkpoint import load_checkpoint
+from metarl.core.inner_loop import InnerLoopConfig, LossBatch
+from metarl.training import distributed
+from metarl.training.algorithms import maml
 from tests.algorithms_support import F64, meta_objective, problem
 
 
@@ -47,7 +48,8 @@ def test_distributed_shares_sum_to_the_whole() -> None:
 
 
 def _train(out: Path, nproc: int, *args: str) -> list[dict[str, str]]:
-    """``metarl.train`` in one plain process (nproc 0) or under torchrun with nproc processes."""
+    """``python -m metarl.train`` in one plain process (nproc 0) or under torchrun with nproc
+    processes."""
     launcher = [sys.executable, "-m", "metarl.train"]
     if nproc:
         launcher = [

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import metarl  # noqa: F401  (registers the task families)
-from metarl import inner_loop, policies
-from metarl.checkpoint import bundled_checkpoints_dir, load_checkpoint
+from metarl.core import inner_loop, policies
+from metarl.core.checkpoint import bundled_checkpoints_dir, load_checkpoint
 from metarl_client import Episode, PolicyClient, SessionNotFound
 from metarl_client.helpers import mean_return, rollout
 
@@ -77,7 +77,7 @@ def test_deleted_session_is_gone(server_target: str) -> None:
 
 
 def test_adapt_over_grpc_matches_the_in_process_inner_loop(server_target: str) -> None:
-    """Train/serve parity: the server's theta' is the one metarl.inner_loop computes."""
+    """Train/serve parity: the server's theta' is the one metarl.core.inner_loop computes."""
     ckpt = load_checkpoint(bundled_checkpoints_dir() / POLICY / "1")
     rng = np.random.default_rng(5)
     episodes = []

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from metarl import policies
-from metarl.checkpoint import Checkpoint, bundled_checkpoints_dir, save_checkpoint
 from metarl.cli import main as cli_main
+from metarl.core import policies
+from metarl.core.checkpoint import Checkpoint, bundled_checkpoints_dir, save_checkpoint
+from metarl.core.inner_loop import InnerLoopConfig
 from metarl.envs.navigation import BatchedNavigation2D
-from metarl.eval import EvalConfig, adaptation_curve, evaluate, resolve_checkpoint
-from metarl.inner_loop import InnerLoopConfig
+from metarl.evaluation.eval import EvalConfig, adaptation_curve, evaluate, resolve_checkpoint
 
 TINY = [
     "--tasks", "3",

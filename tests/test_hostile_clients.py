@@ -20,8 +20,8 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from metarl.checkpoint import load_checkpoint, save_checkpoint
-from metarl.inner_loop import InnerLoopConfig
+from metarl.core.checkpoint import load_checkpoint, save_checkpoint
+from metarl.core.inner_loop import InnerLoopConfig
 from metarl_client.proto.metarl.v1 import admin_service_pb2 as admin_pb
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.tensors import to_tensor

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metarl import inner_loop, policies
-from metarl.inner_loop import EpisodeBatch, InnerLoopConfig, LossBatch
+from metarl.core import inner_loop, policies
+from metarl.core.inner_loop import EpisodeBatch, InnerLoopConfig, LossBatch
 
 
 def _linear_softmax_problem() -> tuple[policies.PolicySpec, dict[str, torch.Tensor], LossBatch]:

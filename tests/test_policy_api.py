@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import metarl
-from metarl.checkpoint import load_checkpoint
-from metarl.checkpoint_paths import CheckpointNotFound, bundled_checkpoints_dir
+from metarl.core.checkpoint import load_checkpoint
+from metarl.core.checkpoint_paths import CheckpointNotFound, bundled_checkpoints_dir
 from metarl_client import Episode, PolicyClient
 from metarl_server.app import create_server
 

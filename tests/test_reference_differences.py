@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from metarl import inner_loop, policies
-from metarl.algorithms.derivatives import PostUpdateObjective
-from metarl.inner_loop import EpisodeBatch, InnerLoopConfig, LossBatch
-from metarl.policies import PolicySpec
-from metarl.train import TrainConfig, task_rngs
+from metarl.core import inner_loop, policies
+from metarl.core.inner_loop import EpisodeBatch, InnerLoopConfig, LossBatch
+from metarl.core.policies import PolicySpec
+from metarl.training.algorithms.derivatives import PostUpdateObjective
+from metarl.training.train import TrainConfig, task_rngs
 
 
 def test_output_layer_starts_small() -> None:

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from metarl import cli, lineage, trainer_state
-from metarl.checkpoint import bundled_checkpoints_dir, load_checkpoint, save_checkpoint
-from metarl.eval import EvalConfig, evaluate
-from metarl.publish import GateRefused, PublishConfig, PublishError, maml_returns, publish
-from metarl.train import TrainConfig, train
+from metarl import cli
+from metarl.core.checkpoint import bundled_checkpoints_dir, load_checkpoint, save_checkpoint
+from metarl.evaluation.eval import EvalConfig, evaluate
+from metarl.training import lineage, trainer_state
+from metarl.training.publish import GateRefused, PublishConfig, PublishError, maml_returns, publish
+from metarl.training.train import TrainConfig, train
 from metarl_client import PolicyClient
 from tests.process_support import spawn_server
 
@@ -299,7 +300,7 @@ def test_publish_racing_another_publisher_keeps_theirs(
         (Path(dst) / "manifest.json").write_text("theirs")
         rename(src, dst)
 
-    monkeypatch.setattr("metarl.publish.os.rename", theirs_first)
+    monkeypatch.setattr("metarl.training.publish.os.rename", theirs_first)
     with pytest.raises(PublishError, match="published by someone else meanwhile"):
         publish(PublishConfig(BUNDLED, models))
     assert [p.name for p in (models / POLICY).iterdir()] == ["1"]  # no temporary left

@@ -1,6 +1,6 @@
-"""Train/serve parity: Adapt over gRPC gives the θ' that ``metarl.inner_loop`` computes in
+"""Train/serve parity: Adapt over gRPC gives the θ' that ``metarl.core.inner_loop`` computes in
 process, and the server's numpy forward pass gives the actions and log-probabilities of
-``metarl.policies`` (within 1e-6)."""
+``metarl.core.policies`` (within 1e-6)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from metarl import inner_loop, policies
-from metarl.checkpoint import load_checkpoint
-from metarl.inner_loop import InnerLoopConfig
-from metarl.policies import PolicySpec
+from metarl.core import inner_loop, policies
+from metarl.core.checkpoint import load_checkpoint
+from metarl.core.inner_loop import InnerLoopConfig
+from metarl.core.policies import PolicySpec
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_server.numpy_policy import Arch, NumpyPolicy
 from metarl_server.registry import PolicyRegistry

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from metarl.checkpoint_paths import bundled_checkpoints_dir
 from metarl.cli import main
+from metarl.core.checkpoint_paths import bundled_checkpoints_dir
 
 TINY = ["--iterations", "1", "--meta-batch-size", "2", "--episodes-per-task", "2", "--no-progress"]
 

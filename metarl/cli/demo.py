@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 
 from metarl import envs
-from metarl.errors import UsageError, UserError
+from metarl.core.errors import UsageError, UserError
 from metarl_client import PolicyClient
 from metarl_client.errors import MetarlError, Unavailable
 from metarl_client.helpers import mean_return, rollout

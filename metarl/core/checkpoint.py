@@ -23,8 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from metarl.inner_loop import InnerLoopConfig
-from metarl.policies import Params, PolicySpec
+from metarl.core.inner_loop import InnerLoopConfig
+from metarl.core.policies import Params, PolicySpec
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -155,4 +155,4 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 def bundled_checkpoints_dir() -> Path:
     """The model directory shipped inside the package (``<name>/<version>/`` checkpoints)."""
-    return Path(__file__).parent / "data" / "checkpoints"
+    return Path(__file__).parent.parent / "data" / "checkpoints"

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from metarl.errors import NotFoundError
+from metarl.core.errors import NotFoundError
 
 MANIFEST = "manifest.json"
 
 
 def bundled_checkpoints_dir() -> Path:
     """The model directory shipped inside the package (``<name>/<version>/`` checkpoints)."""
-    return Path(__file__).parent / "data" / "checkpoints"
+    return Path(__file__).parent.parent / "data" / "checkpoints"
 
 
 def bundled_policies() -> list[str]:

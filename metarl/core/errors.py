@@ -24,9 +24,9 @@ INTERRUPTED = 130
 _USER_ERRORS = {
     # Errors of other modules that are the user's to fix, and their exit status; looked up only
     # when their module is already imported (the serving process never imports torch).
-    ("metarl.config", "ConfigError"): 2,
-    ("metarl.checkpoint", "CheckpointError"): 1,
-    ("metarl.lineage", "WarmStartError"): 2,
+    ("metarl.training.config", "ConfigError"): 2,
+    ("metarl.core.checkpoint", "CheckpointError"): 1,
+    ("metarl.training.lineage", "WarmStartError"): 2,
     ("metarl_envs", "UnknownFamily"): 2,  # the light task-family package cannot import this one
 }
 

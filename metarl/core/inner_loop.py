@@ -18,8 +18,8 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from metarl import policies
-from metarl.policies import Params, PolicySpec
+from metarl.core import policies
+from metarl.core.policies import Params, PolicySpec
 
 # Time is scaled by a constant (not by the episode length) so padding never changes the features.
 _TIME_SCALE = 100.0
@@ -211,7 +211,7 @@ def reinforce_loss(spec: PolicySpec, params: Params, batch: LossBatch) -> Tensor
     """Per-task REINFORCE loss ``-mean_t log pi(a_t|s_t) A_t``, the mean weighted by
     ``batch.weights`` (see :class:`LossBatch`), shape ``[K]``.
 
-    ``params`` must be stacked ``K`` deep (see :func:`metarl.policies.stack`)."""
+    ``params`` must be stacked ``K`` deep (see :func:`metarl.core.policies.stack`)."""
     logp = policies.log_prob(spec, params, batch.observations, batch.actions)
     n = batch.weights.sum(-1).clamp(min=1e-12)
     return -(logp * batch.advantages * batch.weights).sum(-1) / n

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metarl import policies
+from metarl.core import policies
+from metarl.core.inner_loop import EpisodeBatch
+from metarl.core.policies import Params, PolicySpec
 from metarl.envs.base import BatchedTaskEnv, Task
-from metarl.inner_loop import EpisodeBatch
-from metarl.policies import Params, PolicySpec
 
 # Seeds resets of families that cannot restart single envs: its draws are all overwritten.
 _PLACEHOLDER_SEED = 0

@@ -4,7 +4,7 @@
 
 Tasks are drawn from the checkpoint's family with ``--seed`` (from a stream training never
 uses). Every method starts from its own initial parameters and then runs the *same* inner loop
-as the server (:func:`metarl.inner_loop.adapt_on_episodes`, one step at a time): sample
+as the server (:func:`metarl.core.inner_loop.adapt_on_episodes`, one step at a time): sample
 ``episodes_per_task`` episodes per task with the current parameters, record their mean return,
 adapt one step on them, repeat. The methods:
 
@@ -38,14 +38,15 @@ import numpy as np
 import torch
 import tyro
 
-from metarl import envs, inner_loop, policies
-from metarl.checkpoint import Checkpoint, load_checkpoint
-from metarl.checkpoint_paths import resolve_checkpoint as _resolve
+from metarl import envs
+from metarl.core import inner_loop, policies
+from metarl.core.checkpoint import Checkpoint, load_checkpoint
+from metarl.core.checkpoint_paths import resolve_checkpoint as _resolve
+from metarl.core.errors import UsageError
+from metarl.core.inner_loop import InnerLoopConfig
+from metarl.core.policies import Params, PolicySpec
+from metarl.core.sampling import episode_returns, sample_episodes
 from metarl.envs.base import BatchedTaskEnv, Task
-from metarl.errors import UsageError
-from metarl.inner_loop import InnerLoopConfig
-from metarl.policies import Params, PolicySpec
-from metarl.sampling import episode_returns, sample_episodes
 
 Method = Literal["maml", "pretrained", "random"]
 METHODS: tuple[Method, ...] = ("maml", "pretrained", "random")
@@ -161,7 +162,7 @@ def _log(cfg: EvalConfig, msg: str) -> None:
 
 def resolve_checkpoint(path: Path) -> Path:
     """``path`` itself if it exists, else the bundled checkpoint of that ``name/version``
-    (:func:`metarl.checkpoint_paths.resolve_checkpoint`, which ``serve`` uses too)."""
+    (:func:`metarl.core.checkpoint_paths.resolve_checkpoint`, which ``serve`` uses too)."""
     return _resolve(path, flag="")
 
 

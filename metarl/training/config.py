@@ -11,7 +11,7 @@ Every task family ships its tuned settings as data, ``metarl/presets/<family>.to
 
 A ``metarl train`` configuration is built in layers, each over the one before:
 
-1. :class:`~metarl.train.TrainConfig`'s defaults;
+1. :class:`~metarl.training.options.TrainConfig`'s defaults;
 2. the family's preset (``[default]``, or the table ``--preset NAME`` names);
 3. a user's file, ``--config FILE``: TOML or JSON with the same keys, whole or partial (it may
    name the ``env``), or a checkpoint's ``manifest.json`` (or its directory) to repeat that run;
@@ -39,19 +39,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from metarl.errors import UsageError, debug_requested
+from metarl.core.errors import UsageError, debug_requested
+from metarl.training.options import TrainConfig
 
-if TYPE_CHECKING:
-    from metarl.train import TrainConfig
-
-PRESETS_DIR = Path(__file__).parent / "presets"
+PRESETS_DIR = Path(__file__).parent.parent / "presets"
 DEFAULT_PRESET = "default"
 _FILE_KEYS = {"env", "install"}
 """Top-level keys of a preset file besides its preset tables."""
@@ -90,16 +88,10 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def _train_config_cls() -> type[TrainConfig]:
-    from metarl.train import TrainConfig
-
-    return TrainConfig
-
-
 @cache
 def field_types() -> dict[str, Any]:
     """TrainConfig's fields and their (resolved) types, in declaration order."""
-    cls = _train_config_cls()
+    cls = TrainConfig
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
@@ -469,31 +461,30 @@ def resolve(argv: Sequence[str], prog: str = "metarl train") -> Resolved:
     Raises :class:`ConfigError`; tyro itself exits for malformed flags and ``--help``."""
     import tyro
 
-    train_config_cls = _train_config_cls()
     pre = _pre_parse(argv)
     file_values: dict[str, Any] = {}
     config_path = Path(pre.config) if pre.config else None
     if config_path is not None:
         file_values = read_config_file(config_path)
-    env = pre.env or file_values.get("env") or train_config_cls.env
+    env = pre.env or file_values.get("env") or TrainConfig.env
     if pre.env:
         validate({"env": pre.env}, "command line", flags=True)
     preset_name = pre.preset or DEFAULT_PRESET
     preset_values = load_preset(env, preset_name)
     path = preset_files().get(env)
     preset_label = None if path is None else f"{_shown_path(path)} [{preset_name}]"
-    base = dataclasses.replace(train_config_cls(), **{**preset_values, **file_values})
+    base = dataclasses.replace(TrainConfig(), **{**preset_values, **file_values})
 
     # `--preset` and `--config` were read above; declaring them here puts them in `--help`.
     train_args = dataclasses.make_dataclass(
         "TrainArgs",
         [
-            ("train", Annotated[train_config_cls, tyro.conf.arg(name="")]),
+            ("train", Annotated[TrainConfig, tyro.conf.arg(name="")]),
             ("preset", Annotated[str, tyro.conf.arg(help=_PRESET_HELP)], DEFAULT_PRESET),
             ("config", Annotated[Path | None, tyro.conf.arg(help=_CONFIG_HELP)], None),
         ],
     )
-    train_args.__doc__ = train_config_cls.__doc__
+    train_args.__doc__ = TrainConfig.__doc__
     parsed = tyro.cli(
         train_args,
         args=list(argv),

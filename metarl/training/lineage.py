@@ -9,8 +9,8 @@ rates, for Meta-SGD) instead of a fresh initialization. SOURCE is
 * a bundled checkpoint, ``<name>/<version>`` (or ``<name>`` for its newest bundled version).
 
 The source must fit the run: same task family and same architecture (the
-:class:`~metarl.policies.PolicySpec` fields that shape θ). Otherwise :class:`WarmStartError` says
-which field differs and the flag that makes the run match.
+:class:`~metarl.core.policies.PolicySpec` fields that shape θ). Otherwise
+:class:`WarmStartError` says which field differs and the flag that makes the run match.
 
 The new checkpoint's ``training`` section records its lineage: ``parent`` (name, version,
 parameter hash, where it was read from, and the iterations behind it) and ``lineage`` (the chain
@@ -26,15 +26,15 @@ from typing import Any
 
 import torch
 
-from metarl.checkpoint import (
+from metarl.core.checkpoint import (
     MANIFEST,
     Checkpoint,
     CheckpointError,
     bundled_checkpoints_dir,
     load_checkpoint,
 )
-from metarl.errors import UsageError
-from metarl.policies import Params, PolicySpec
+from metarl.core.errors import UsageError
+from metarl.core.policies import Params, PolicySpec
 from metarl_client.versions import newest_version
 
 _MAX_LINEAGE = 50

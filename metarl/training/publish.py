@@ -41,10 +41,10 @@ import torch
 import tyro
 
 from metarl import envs
-from metarl.checkpoint import MANIFEST, PARAMS, Checkpoint, CheckpointError, load_checkpoint
-from metarl.checkpoint_paths import resolve_checkpoint
-from metarl.errors import UsageError, UserError
-from metarl.lineage import read_manifest, versions_in
+from metarl.core.checkpoint import MANIFEST, PARAMS, Checkpoint, CheckpointError, load_checkpoint
+from metarl.core.checkpoint_paths import resolve_checkpoint
+from metarl.core.errors import UsageError, UserError
+from metarl.training.lineage import read_manifest, versions_in
 from metarl_client.versions import is_timestamp, newest_version, version_key
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]*")
@@ -154,10 +154,10 @@ class GateResult:
 def maml_returns(
     ckpt: Checkpoint, *, tasks: int, seed: int, steps: int, episodes_per_task: int
 ) -> np.ndarray:
-    """``metarl eval``'s ``maml`` row (:func:`metarl.eval.evaluate`): per-task mean return
-    ``[steps + 1, tasks]`` after 0..``steps`` inner steps, on the held-out tasks and episode
+    """``metarl eval``'s ``maml`` row (:func:`metarl.evaluation.eval.evaluate`): per-task mean
+    return ``[steps + 1, tasks]`` after 0..``steps`` inner steps, on the held-out tasks and episode
     streams ``seed`` gives (so two checkpoints of a family see the same tasks and draws)."""
-    from metarl import eval as evaluation
+    from metarl.evaluation import eval as evaluation
 
     batched_cls = envs.family(ckpt.env_id).batched_cls
     # evaluate()'s streams: its first two children are the held-out tasks and the episodes.

@@ -9,7 +9,7 @@ section, the optimizer's hyperparameters and the metrics CSV's length at that it
 pickle: both files are plain data.
 
 The trainer's own random streams are keyed by ``(seed, iteration[, phase, task])``
-(:func:`metarl.train.task_rngs`), so nothing else needs carrying over: a run resumed at
+(:func:`metarl.training.train.task_rngs`), so nothing else needs carrying over: a run resumed at
 iteration k draws exactly what an uninterrupted run draws from iteration k + 1 on, and ends with
 the same parameters and metrics, bit for bit on one machine with the same thread count.
 
@@ -38,18 +38,17 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from metarl.checkpoint import Checkpoint, save_checkpoint
-from metarl.errors import UsageError
-from metarl.policies import Params
-
-if TYPE_CHECKING:
-    from metarl.train import TrainConfig
+from metarl.core.checkpoint import Checkpoint, save_checkpoint
+from metarl.core.errors import UsageError
+from metarl.core.policies import Params
+from metarl.training import config, lineage
+from metarl.training.options import TrainConfig
 
 FORMAT_VERSION = 1
 SUFFIX = ".trainer-state"
@@ -233,11 +232,10 @@ def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.
 
 def _base_config(cfg: TrainConfig) -> TrainConfig:
     """What the command line would give without any flag for this env: TrainConfig's defaults
-    under the family's preset (:mod:`metarl.config`), so a value equal to it was not asked for."""
+    under the family's preset (:mod:`metarl.training.config`), so a value equal to it was not
+    asked for."""
     base = type(cfg)()
     try:
-        from metarl import config
-
         return dataclasses.replace(base, **config.load_preset(cfg.env))
     except Exception:  # no preset support, or an env without one: the dataclass defaults
         return base
@@ -353,8 +351,6 @@ class Run:
         if resumed is not None:
             self._restore(resumed)
         elif cfg.init_from:
-            from metarl import lineage
-
             ckpt.training.update(
                 lineage.warm_start(
                     cfg.init_from, env_id=cfg.env, spec=spec, algo=cfg.algo, theta=theta,
@@ -444,20 +440,3 @@ class Run:
         finally:
             restore_signal_handlers()
         raise TrainingInterrupted(signum, self.completed, Path(self.cfg.out))
-
-
-def train_or_exit(cfg: TrainConfig) -> Checkpoint:
-    """``train(cfg)`` for a command: a run stopped by a signal exits with 130 / 143 and the line
-    that resumes it; a refused ``--resume`` or ``--init-from`` is one line and exit status 2."""
-    from metarl.lineage import WarmStartError
-    from metarl.train import train
-
-    try:
-        return train(cfg)
-    except TrainingInterrupted as exc:
-        newline = "\n" if sys.stderr.isatty() else ""  # past the progress bar
-        print(f"{newline}metarl train: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(exc.exit_status) from None
-    except (ResumeError, WarmStartError) as exc:
-        print(f"metarl train: error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None

@@ -7,7 +7,7 @@ import sys
 
 import tyro
 
-from metarl.errors import debug_requested, reported
+from metarl.core.errors import debug_requested, reported
 from metarl_server.app import ServeConfig, serve
 
 

@@ -1,10 +1,10 @@
 """The policy's forward pass and action sampling in numpy, for serving.
 
-A mirror of :mod:`metarl.policies` (``forward`` and ``act``) over a *flat* float32 parameter
+A mirror of :mod:`metarl.core.policies` (``forward`` and ``act``) over a *flat* float32 parameter
 vector: the parameters of one policy version or session live in one contiguous buffer, laid out
 in ``PolicySpec.param_shapes()`` order (the order the adaptation worker flattens them in). numpy
 costs ~5 µs for a single observation where a torch forward costs ~30 µs, and the serving process
-need not import torch at all. The tests check it against :mod:`metarl.policies` (same actions,
+need not import torch at all. The tests check it against :mod:`metarl.core.policies` (same actions,
 log-probabilities within 1e-6).
 
 Stacked variants take ``K`` flat vectors ``[K, P]`` and observations ``[K, N, obs_dim]`` and run
@@ -29,7 +29,7 @@ _SCALAR_DRAWS = 8
 
 @dataclass(frozen=True)
 class Arch:
-    """The architecture part of a checkpoint manifest (``metarl.policies.PolicySpec``)."""
+    """The architecture part of a checkpoint manifest (``metarl.core.policies.PolicySpec``)."""
 
     obs_dim: int
     action_dim: int
@@ -206,7 +206,7 @@ class NumpyPolicy:
         self, params: ParamSet | F32, out: F32, deterministic: bool, rng: np.random.Generator
     ) -> tuple[NDArray[Any], F32]:
         """Actions and log-probabilities from the forward output ``out`` ``[N, out]`` of
-        ``params``, as :func:`metarl.policies.act` computes them (inverse-CDF sampling for
+        ``params``, as :func:`metarl.core.policies.act` computes them (inverse-CDF sampling for
         categorical, mean + std * noise for gaussian)."""
         ps = params if isinstance(params, ParamSet) else ParamSet(self, params)
         if self.arch.categorical:

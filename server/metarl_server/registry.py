@@ -44,7 +44,7 @@ def shorten(text: str, limit: int = _MAX_NAME_IN_MESSAGE) -> str:
 
 @dataclass(frozen=True)
 class InnerLoop:
-    """The inner-loop settings of a checkpoint (``metarl.inner_loop.InnerLoopConfig``)."""
+    """The inner-loop settings of a checkpoint (``metarl.core.inner_loop.InnerLoopConfig``)."""
 
     lr: float
     steps: int

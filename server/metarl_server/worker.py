@@ -6,7 +6,7 @@ in a thread of the serving process would hold the GIL that every ``Act`` needs. 
 take and return plain picklable values (numpy arrays, dicts, floats) so they run the same in a
 spawned process or, with ``--adapt-processes 0``, in a thread of the serving process.
 
-The inner loop is :mod:`metarl.inner_loop`'s, called as the trainer calls it
+The inner loop is :mod:`metarl.core.inner_loop`'s, called as the trainer calls it
 (``prepare(pad_episodes(...))`` then ``adapt``; here ``adapt_with_loss``, the same steps that
 also return the loss before them), so the same data gives the same θ'.
 """
@@ -155,7 +155,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def warm_up_inner_loop() -> None:
-    from metarl.policies import PolicySpec, init_params
+    from metarl.core.policies import PolicySpec, init_params
 
     spec = PolicySpec(obs_dim=2, action_dim=2, distribution="gaussian", hidden_sizes=(4,))
     params = _flatten(spec, init_params(spec)).numpy()
@@ -175,9 +175,9 @@ def ping() -> bool:
 
 
 def load(path: str | Path) -> LoadedCheckpoint:
-    """Loads and verifies a checkpoint (``metarl.checkpoint.load_checkpoint``: SHA-256,
+    """Loads and verifies a checkpoint (``metarl.core.checkpoint.load_checkpoint``: SHA-256,
     architecture, finite values); raises ``CheckpointError`` saying why not."""
-    from metarl.checkpoint import load_checkpoint
+    from metarl.core.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
     lrs = _flatten(ckpt.spec, ckpt.learning_rates).numpy() if ckpt.learning_rates else None
@@ -200,9 +200,9 @@ def adapt(job: AdaptJob) -> AdaptResult:
     :class:`AdaptationError` when the loss or the new parameters are not finite."""
     import torch
 
-    from metarl import inner_loop
-    from metarl.inner_loop import InnerLoopConfig
-    from metarl.policies import PolicySpec
+    from metarl.core import inner_loop
+    from metarl.core.inner_loop import InnerLoopConfig
+    from metarl.core.policies import PolicySpec
 
     start = time.perf_counter()
     spec = PolicySpec.from_dict(job.spec)
@@ -262,7 +262,7 @@ def _check_outputs(spec: Any, adapted: dict[str, Any], batch: Any) -> None:
     process."""
     import torch
 
-    from metarl import policies
+    from metarl.core import policies
 
     how = (
         "the session keeps its parameters: send episodes with smaller rewards or observations, "

@@ -1,7 +1,7 @@
 """Closed-form derivatives of the MLP policy: meta-gradients and curvature without double backward.
 
 MAML's outer loop differentiates through the inner loop ``theta -> theta'_i`` of
-:func:`metarl.inner_loop.adapt`. Every quantity it needs is a product with the Jacobian of that
+:func:`metarl.core.inner_loop.adapt`. Every quantity it needs is a product with the Jacobian of that
 map, ``A_i = d theta'_i / d theta``: the meta-gradient is ``sum_i A_i^T g_i`` and the TRPO
 curvature (the Hessian of the KL between old and new *adapted* policies, at the old parameters) is
 ``sum_i A_i^T G_i A_i`` with ``G_i`` the Fisher of task i's adapted policy on its post-update
@@ -18,11 +18,11 @@ faster per product (``benchmarks/train_speed.py`` measures it), and the products
 TRPO step.
 
 Nothing here computes ``theta'`` for training or serving: that stays
-:func:`metarl.inner_loop.adapt`. This module only linearizes it (and the tests check the two
+:func:`metarl.core.inner_loop.adapt`. This module only linearizes it (and the tests check the two
 agree, and that the products match autograd and finite differences).
 
 Shapes: ``K`` tasks, ``N`` samples per task (episodes flattened, padded steps weighted 0).
-Parameters are stacked ``K`` deep (:func:`metarl.policies.stack`).
+Parameters are stacked ``K`` deep (:func:`metarl.core.policies.stack`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from metarl import policies
-from metarl.inner_loop import LossBatch
-from metarl.policies import Params, PolicySpec
+from metarl.core import policies
+from metarl.core.inner_loop import LossBatch
+from metarl.core.policies import Params, PolicySpec
 
 
 def _outer_sum(delta: Tensor, h: Tensor) -> Tensor:
@@ -250,7 +250,7 @@ def _scale(lr: float | Params, name: str, x: Tensor) -> Tensor:
 
 
 class InnerLoopJacobian:
-    """The inner loop ``theta -> theta'_i`` of :func:`metarl.inner_loop.adapt`, linearized at
+    """The inner loop ``theta -> theta'_i`` of :func:`metarl.core.inner_loop.adapt`, linearized at
     ``theta`` for the ``K`` tasks of ``batch``; ``lr`` is a scalar or per-parameter rates
     (Meta-SGD, whose rates are then inputs of the map too).
 

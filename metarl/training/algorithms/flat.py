@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from metarl.policies import Params
+from metarl.core.policies import Params
 
 
 def flatten(*groups: Params) -> Tensor:

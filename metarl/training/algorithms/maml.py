@@ -4,9 +4,9 @@
 the flat meta-parameters ``x`` (theta, and for Meta-SGD the inner learning rates) giving the
 meta-gradient, the KL Hessian-vector product and the surrogate and KL at a candidate ``x``; under
 torchrun each is summed over the processes' shares of the tasks. Its derivatives are the closed
-forms of :mod:`metarl.algorithms.derivatives`. :func:`adapted_params` and :func:`outer_loss`
-are the same meta-objective through autograd (double backward), kept as the reference the closed
-forms are tested against.
+forms of :mod:`metarl.training.algorithms.derivatives`. :func:`adapted_params` and
+:func:`outer_loss` are the same meta-objective through autograd (double backward), kept as the
+reference the closed forms are tested against.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from metarl import inner_loop
-from metarl.algorithms.derivatives import InnerLoopJacobian, PostUpdateObjective, converted
-from metarl.algorithms.distributed import Context
-from metarl.algorithms.flat import flatten, unflatten
-from metarl.inner_loop import EpisodeBatch, InnerLoopConfig, LossBatch
-from metarl.policies import Params, PolicySpec
+from metarl.core import inner_loop
+from metarl.core.inner_loop import EpisodeBatch, InnerLoopConfig, LossBatch
+from metarl.core.policies import Params, PolicySpec
+from metarl.training.algorithms.derivatives import InnerLoopJacobian, PostUpdateObjective, converted
+from metarl.training.algorithms.flat import flatten, unflatten
+from metarl.training.distributed import Context
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -132,7 +132,7 @@ def adapt_in_shards(
     shards: int,
     lr_scales: Sequence[float] | None = None,
 ) -> Params:
-    """:func:`metarl.inner_loop.adapt` over the tasks of ``batch`` (stacked results), with the
+    """:func:`metarl.core.inner_loop.adapt` over the tasks of ``batch`` (stacked results), with the
     tasks split among ``workers`` threads: each task's theta' is computed alone, so the split
     changes nothing but the wall time."""
     bounds = shard_bounds(batch.weights.shape[0], shards)

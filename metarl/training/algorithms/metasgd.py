@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from metarl.policies import Params
+from metarl.core.policies import Params
 
 
 def init_learning_rates(theta: Params, lr: float) -> Params:

@@ -1,0 +1,5 @@
+"""``python -m metarl.cli``: the ``metarl`` command."""
+
+from metarl.cli.commands import main
+
+main()
