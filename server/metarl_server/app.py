@@ -30,12 +30,8 @@ import tyro
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from metarl.core.checkpoint_paths import (
-    bundled_checkpoints_dir,
-    bundled_policies,
-    resolve_checkpoint,
-)
-from metarl.core.errors import NotFoundError, UsageError, UserError
+from metarl.checkpoint_paths import bundled_checkpoints_dir, bundled_policies, resolve_checkpoint
+from metarl.errors import NotFoundError, UsageError, UserError
 from metarl_client.proto.metarl.v1 import admin_service_pb2 as admin_pb
 from metarl_client.proto.metarl.v1 import admin_service_pb2_grpc as admin_grpc
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
@@ -648,7 +644,8 @@ def serve(cfg: ServeConfig) -> None:
     server.refuse_calls(None)
     server.set_serving(True)
     print(f"metarl server listening on port {port}", flush=True)
-    names = ", ".join(f"{v[-1].name}@{v[-1].version}" for v in registry.list())
+    # every version of each policy (a session may pin any of them): "a@1,2; b@1"
+    names = "; ".join(f"{v[-1].name}@{','.join(pv.version for pv in v)}" for v in registry.list())
     log.info(
         "serving %s on %s:%d (pid %d, %s, auth %s)",
         names,
