@@ -18,11 +18,11 @@ import pytest
 import tyro
 
 from metarl import envs
-from metarl.checkpoint_paths import CheckpointNotFound, bundled_checkpoints_dir
-from metarl.cli import main, report_checkpoint
-from metarl.demo import DemoConfig, run_demo
-from metarl.errors import UserError
-from metarl.train import default_name
+from metarl.cli import main
+from metarl.cli.demo import DemoConfig, run_demo
+from metarl.core.checkpoint_paths import CheckpointNotFound, bundled_checkpoints_dir
+from metarl.core.errors import UserError
+from metarl.training.train import default_name, report_checkpoint
 from metarl_client import PolicyClient
 from metarl_server.app import ServeConfig, build_registry, create_server
 from tests.server_support import UNREGISTERED_ENV, make_checkpoint
@@ -253,8 +253,8 @@ def test_ctrl_c_is_one_line_and_130(
     def interrupted(*_: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("metarl.eval.run_eval", interrupted)
-    monkeypatch.setattr("metarl.demo.run_demo", interrupted)
+    monkeypatch.setattr("metarl.evaluation.eval.run_eval", interrupted)
+    monkeypatch.setattr("metarl.cli.demo.run_demo", interrupted)
     for command in (["eval", "navigation-2d/1"], ["demo"]):
         code, err = run_main(command, capsys)
         assert code == 130
@@ -356,14 +356,14 @@ def test_ctrl_c_in_a_terminal_ends_the_demo_in_one_line() -> None:
 
 def test_the_checkpoint_resolver_is_torch_free() -> None:
     code = (
-        "import sys; from metarl.checkpoint_paths import resolve_checkpoint as r; "
+        "import sys; from metarl.core.checkpoint_paths import resolve_checkpoint as r; "
         "r('cartpole-family/1'); r('navigation-2d'); assert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_a_model_directory_name_resolves_to_its_newest_version(tmp_path: Path) -> None:
-    from metarl.checkpoint_paths import resolve_checkpoint
+    from metarl.core.checkpoint_paths import resolve_checkpoint
 
     for version in ("2", "10"):
         copy_bundled("cartpole-family", tmp_path / "mine" / version)

@@ -30,8 +30,12 @@ import tyro
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from metarl.checkpoint_paths import bundled_checkpoints_dir, bundled_policies, resolve_checkpoint
-from metarl.errors import NotFoundError, UsageError, UserError
+from metarl.core.checkpoint_paths import (
+    bundled_checkpoints_dir,
+    bundled_policies,
+    resolve_checkpoint,
+)
+from metarl.core.errors import NotFoundError, UsageError, UserError
 from metarl_client.proto.metarl.v1 import admin_service_pb2 as admin_pb
 from metarl_client.proto.metarl.v1 import admin_service_pb2_grpc as admin_grpc
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
