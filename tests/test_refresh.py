@@ -262,8 +262,12 @@ def test_publish_numbers_versions_and_never_overwrites(tmp_path: Path) -> None:
     with pytest.raises(PublishError, match=r"already exists .* never overwritten.*next \(v1.11\)"):
         publish(PublishConfig(BUNDLED, models, version="2"))
     assert (models / POLICY / "2" / "manifest.json").read_bytes() == before
-    with pytest.raises(PublishError, match="no such directory; create it"):
-        publish(PublishConfig(BUNDLED, tmp_path / "nope"))
+    with pytest.raises(PublishError, match=r"its parent .*nope does not exist; create it"):
+        publish(PublishConfig(BUNDLED, tmp_path / "nope" / "models"))
+    assert not (tmp_path / "nope").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(PublishError, match="file: not a directory"):
+        publish(PublishConfig(BUNDLED, tmp_path / "file"))
     with pytest.raises(PublishError, match=r"is not a checkpoint|does not exist"):
         publish(PublishConfig(tmp_path / "missing-run", models))
     broken = tmp_path / "broken"
@@ -277,6 +281,12 @@ def test_publish_numbers_versions_and_never_overwrites(tmp_path: Path) -> None:
     with pytest.raises(PublishError, match=r"CartPoleFamily-v0 policy .*another --name"):
         publish(PublishConfig(nav, models, name=POLICY))
     assert sorted(p.name for p in (models / POLICY).iterdir()) == ["1", "2", "v1.10", "v1.9"]
+
+
+def test_the_first_publish_makes_the_model_directory(tmp_path: Path) -> None:
+    models = tmp_path / "models"  # (as the README's `metarl publish ... --model-dir models`)
+    assert publish(PublishConfig(BUNDLED, models)) == models / POLICY / "1"
+    assert load_checkpoint(models / POLICY / "1").version == "1"
 
 
 def test_publish_where_it_cannot_write_leaves_nothing(tmp_path: Path) -> None:

@@ -59,7 +59,8 @@ class PublishConfig:
     """Checkpoint directory to publish (a ``metarl train --out``), or a bundled
     ``<name>/<version>``."""
     model_dir: Path
-    """The model directory the server watches (``metarl serve --model-dir``)."""
+    """The model directory the server watches (``metarl serve --model-dir``); made if it does
+    not exist yet (its parent must)."""
     name: str = ""
     """Policy name to publish under; empty for the checkpoint's own."""
     version: str = ""
@@ -258,10 +259,13 @@ def publish(cfg: PublishConfig, out: Any = None) -> Path:
         ) from None
     name = cfg.name or candidate.name
     _check_label(name, "--name")
-    if not cfg.model_dir.is_dir():
+    if cfg.model_dir.exists() and not cfg.model_dir.is_dir():
+        raise PublishError(f"--model-dir {cfg.model_dir}: not a directory")
+    if not cfg.model_dir.exists() and not cfg.model_dir.absolute().parent.is_dir():
+        # (a new model directory is made, as the first publish's; not a whole missing path)
         raise PublishError(
-            f"--model-dir {cfg.model_dir}: no such directory; create it (mkdir -p) or pass the "
-            "directory `metarl serve --model-dir` watches"
+            f"--model-dir {cfg.model_dir}: its parent {cfg.model_dir.absolute().parent} does "
+            "not exist; create it, or pass the directory `metarl serve --model-dir` watches"
         )
     name_dir = cfg.model_dir / name
     existing = versions_in(name_dir)
