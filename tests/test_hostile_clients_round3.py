@@ -23,7 +23,7 @@ from prometheus_client import generate_latest
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.tensors import to_tensor
 from metarl_server.interceptors import MAX_CACHED_HANDLERS
-from tests.server_support import serving, stub
+from tests.server_support import create, serving, stub
 
 CARTPOLE = "cartpole-family"
 OBS = np.zeros(4, np.float32)
@@ -254,3 +254,46 @@ def test_nan_in_a_sessions_parameters_is_data_loss(bundled_registry: Any, where:
         # ResetSession is the way out
         s.ResetSession(pb.ResetSessionRequest(session_id=sid))
         assert s.Act(pb.ActRequest(session_id=sid, observations=to_tensor(OBS))).actions.data
+
+
+# -- 3. request bodies received at once --------------------------------------------------------
+
+
+def test_bodies_wait_for_a_receive_slot_and_are_refused_past_the_budget(
+    bundled_registry: Any,
+) -> None:
+    with serving(bundled_registry, poll_interval=0, max_message_mb=4, max_receiving_mb=8) as (
+        server,
+        channel,
+    ):
+        gate = server.guard.receive_gate
+        assert gate is not None and gate.slots == 2  # 8 MiB of 4 MiB bodies
+        s = stub(channel)
+        sid = create(s, CARTPOLE)
+        big = np.zeros((200_000, 4), np.float32)  # a 3.2 MB Act body
+        gate.wait = 0.3
+        for _ in range(gate.slots):  # (every slot taken, as by bodies still arriving)
+            assert gate._sem.acquire(timeout=5)
+        try:
+            with pytest.raises(grpc.RpcError) as err:
+                s.Act(pb.ActRequest(session_id=sid, observations=to_tensor(big)), timeout=30)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "--max-receiving-mb" in err.value.details()
+            assert gate.refused == 1
+        finally:
+            for _ in range(gate.slots):
+                gate._sem.release()
+        # with a slot free the same call is received and answered (here: past the batch limit)
+        with pytest.raises(grpc.RpcError) as err:
+            s.Act(pb.ActRequest(session_id=sid, observations=to_tensor(big)), timeout=30)
+        assert "max-batch-size" in err.value.details() or "1024" in err.value.details()
+        assert s.Act(pb.ActRequest(session_id=sid, observations=to_tensor(OBS))).actions.data
+        # a unary method called with no request message: INVALID_ARGUMENT, not INTERNAL
+        raw = channel.stream_unary("/metarl.v1.PolicyService/GetSession")
+        with pytest.raises(grpc.RpcError) as err:
+            raw(iter(()), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # the methods are counted as before (unary, by their own names): the refused call and
+        # the one past the batch limit
+        text = generate_latest(server.metrics.registry).decode()
+        assert 'metarl_grpc_requests_total{code="RESOURCE_EXHAUSTED",method="Act"} 2.0' in text

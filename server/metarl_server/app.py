@@ -42,7 +42,13 @@ from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.proto.metarl.v1 import policy_service_pb2_grpc as pb_grpc
 from metarl_server.adapter import Adapter
 from metarl_server.admin import ModelAdminService
-from metarl_server.interceptors import AuthInterceptor, ConcurrencyGuard, MetricsInterceptor
+from metarl_server.interceptors import (
+    STREAM_WINDOW_BYTES,
+    AuthInterceptor,
+    ConcurrencyGuard,
+    MetricsInterceptor,
+    ReceiveGate,
+)
 from metarl_server.logs import setup_logging
 from metarl_server.metrics import Metrics
 from metarl_server.redis_store import RedisSessionStore
@@ -136,6 +142,11 @@ class ServeConfig:
     """Most transitions a recording session keeps (the oldest episodes are dropped)."""
     max_message_mb: int = field(default_factory=env("max_message_mb", 64))
     """Largest request or response, in MiB."""
+    max_receiving_mb: int = field(default_factory=env("max_receiving_mb", 128))
+    """Most MiB of unary request bodies received and decoded at once: bodies are received
+    max(1, this / --max-message-mb) at a time (the rest wait with their clients, who are
+    answered RESOURCE_EXHAUSTED after 5 s; a body that takes over 30 s to arrive is refused
+    too); 0: no bound (every call's body at once, and gRPC's growing stream windows)."""
     max_streams: int = field(default_factory=env("max_streams", 256))
     """Most StreamAct streams open at once (each holds a thread of its own pool, apart from the
     threads of other calls and health checks); more answer RESOURCE_EXHAUSTED."""
@@ -435,7 +446,13 @@ def _server_options(cfg: ServeConfig) -> list[tuple[str, Any]]:
             int(cfg.min_client_ping_interval * 1000),
         ),
         ("grpc.http2.max_ping_strikes", 2),
-    ]
+    ] + (
+        # a fixed stream window: a unary call's body stays with its client until the handler
+        # asks for it (ReceiveGate); BDP probing would grow the window to megabytes per call
+        [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", STREAM_WINDOW_BYTES)]
+        if cfg.max_receiving_mb > 0
+        else []
+    )
 
 
 def _credentials(cfg: ServeConfig) -> grpc.ServerCredentials | None:
@@ -507,6 +524,11 @@ def create_server(
         cfg.max_streams_per_client,
         cfg.stream_idle_timeout,
         initializer=_quiet_numpy,
+        receive_gate=ReceiveGate(
+            max(1, cfg.max_receiving_mb // max(1, cfg.max_message_mb)), cfg.max_receiving_mb
+        )
+        if cfg.max_receiving_mb > 0
+        else None,
     )
     interceptors.append(guard)  # last: behind auth, so refused calls take no stream slot
     server = grpc.server(

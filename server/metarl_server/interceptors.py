@@ -4,6 +4,7 @@ threads of other calls and health checks."""
 
 from __future__ import annotations
 
+import ctypes
 import hmac
 import logging
 import threading
@@ -126,7 +127,22 @@ class MetricsInterceptor(_CachingInterceptor):
 
             _same_pool(sfn, stream_stream)
             return handler._replace(stream_stream=stream_stream)
-        return handler  # (no unary-stream or stream-unary methods here)
+        if handler.request_streaming and not handler.response_streaming:
+            sufn = handler.stream_unary  # (the unary methods, as ReceiveGate serves them)
+
+            def stream_unary(request_iterator: Any, context: Any) -> Any:
+                start = time.perf_counter()
+                try:
+                    response = sufn(request_iterator, context)
+                except BaseException:
+                    record(start, _code_name(context, "UNKNOWN"))
+                    raise
+                record(start, _code_name(context, "OK"))
+                return response
+
+            _same_pool(sufn, stream_unary)
+            return handler._replace(stream_unary=stream_unary)
+        return handler  # (no unary-stream methods here)
 
 
 def _same_pool(inner: Any, outer: Any) -> None:
@@ -310,12 +326,14 @@ class ConcurrencyGuard(grpc.ServerInterceptor):
         idle_timeout: float,
         health_threads: int = 2,
         initializer: Callable[[], None] | None = None,
+        receive_gate: ReceiveGate | None = None,
     ) -> None:
         if max_streams < 1:
             raise ValueError("max_streams must be at least 1")
         self.max_streams = max_streams
         self.max_per_client = max_streams_per_client if max_streams_per_client > 0 else max_streams
         self.idle_timeout = idle_timeout
+        self.receive_gate = receive_gate
         self.stream_pool = futures.ThreadPoolExecutor(
             max_streams, thread_name_prefix="metarl-stream", initializer=initializer
         )
@@ -378,7 +396,10 @@ class ConcurrencyGuard(grpc.ServerInterceptor):
         if method.startswith(HEALTH_PREFIX):
             return self._wrapped(method, handler, self._health)
         if method.startswith(OWN_PREFIX):
-            return self._wrapped(method, handler, _lenient)
+            gate = self.receive_gate
+            if gate is None:
+                return self._wrapped(method, handler, _lenient)
+            return self._wrapped(method, handler, lambda h: gate.wrap(_lenient(h)))
         return handler
 
     def _wrapped(self, method: str, handler: Handler, wrap: Callable[[Handler], Handler]) -> Any:
@@ -477,8 +498,134 @@ class ConcurrencyGuard(grpc.ServerInterceptor):
 
     def close(self) -> None:
         self._closed.set()
+        if self.receive_gate is not None:
+            self.receive_gate.close()
         self.stream_pool.shutdown(wait=False)
         self.health_pool.shutdown(wait=False)
+
+
+class ReceiveGate:
+    """Bounds the request bodies of unary calls received and decoded at once.
+
+    gRPC's Python server receives a unary call's whole body (and decodes it) before its
+    handler runs, every call at once: 24 concurrent 60 MB calls held ~1.4 GB. Here a unary
+    handler is served as a request-streaming one (the same on the wire) that asks for its one
+    message only once it holds one of ``slots`` receive slots; until then its body stays
+    with the client (HTTP/2 flow control: the server's stream window is a fixed
+    :data:`STREAM_WINDOW_BYTES`, see ``app._server_options``). A small body's receive takes
+    microseconds; a call that waits ``wait`` seconds for a slot answers RESOURCE_EXHAUSTED,
+    and one whose body takes longer than ``receive_timeout`` seconds to arrive is ended
+    (RESOURCE_EXHAUSTED) so that slow senders cannot keep the slots.
+    """
+
+    def __init__(
+        self, slots: int, budget_mb: int, wait: float = 5.0, receive_timeout: float = 30.0
+    ) -> None:
+        self.slots = max(1, slots)
+        self.wait = wait
+        self.receive_timeout = receive_timeout
+        self._sem = threading.BoundedSemaphore(self.slots)
+        self._lock = threading.Lock()
+        self._receiving: dict[int, tuple[Any, float]] = {}
+        self._closed = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self._trim = False
+        self.refused = 0
+        """Calls answered RESOURCE_EXHAUSTED because no slot came free in ``wait`` seconds."""
+        self.timed_out = 0
+        """Calls ended because their body took more than ``receive_timeout`` s to arrive."""
+        self._busy = (
+            f"the server is receiving its maximum of {budget_mb} MiB of request bodies "
+            "(--max-receiving-mb): retry shortly (with backoff)"
+        )
+        self._slow = (
+            f"the request body took more than {receive_timeout:g} s to arrive: send it faster, "
+            "or send less (the server's receive slots are few, --max-receiving-mb)"
+        )
+
+    def wrap(self, handler: Handler) -> Handler:
+        if handler.unary_unary is None:
+            return handler
+        fn = handler.unary_unary
+
+        def stream_unary(request_iterator: Any, context: Any) -> Any:
+            if not self._sem.acquire(timeout=self.wait):
+                self.refused += 1
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._busy)
+            key = id(context)
+            with self._lock:
+                self._receiving[key] = (context, time.monotonic())
+                if self._watchdog is None and self.receive_timeout > 0:
+                    self._watchdog = threading.Thread(
+                        target=self._watch, name="metarl-receive-watchdog", daemon=True
+                    )
+                    self._watchdog.start()
+            started = time.monotonic()
+            try:
+                request = next(request_iterator, None)
+            except grpc.RpcError:
+                request = None  # (the call ended: cancelled, or ended by the watchdog)
+            finally:
+                with self._lock:
+                    self._receiving.pop(key, None)
+                self._sem.release()
+            if time.monotonic() - started > LARGE_RECEIVE_SECONDS:
+                self._trim = True  # (a large body, most likely: see _watch)
+            if request is None:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT
+                    if context.is_active()
+                    else grpc.StatusCode.CANCELLED,
+                    "a unary call needs exactly one request message",
+                )
+            return fn(request, context)
+
+        _same_pool(fn, stream_unary)
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary, handler.request_deserializer, handler.response_serializer
+        )
+
+    def _watch(self) -> None:
+        period = min(1.0, self.receive_timeout / 4)
+        while not self._closed.wait(period):
+            if self._trim:
+                self._trim = False
+                _return_free_memory()
+            now = time.monotonic()
+            with self._lock:
+                slow = [c for c, t in self._receiving.values() if now - t > self.receive_timeout]
+            for context in slow:
+                self.timed_out += 1
+                _end_call(context, grpc.StatusCode.RESOURCE_EXHAUSTED, self._slow)
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+LARGE_RECEIVE_SECONDS = 0.01
+"""A receive that takes longer than this was most likely a large body: once no body is being
+received, the memory it freed is handed back to the operating system."""
+
+
+def _return_free_memory() -> None:
+    """glibc's ``malloc_trim(0)``: gRPC receives a body in many small pieces, which once freed
+    stay in the process's heaps (RSS stays at its peak) unless trimmed. Nothing elsewhere."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+
+
+STREAM_WINDOW_BYTES = 64 * 1024
+"""The server's HTTP/2 stream window (fixed: no BDP probing, which grows it to megabytes): the
+most of a request body that arrives before the handler asks for it (see :class:`ReceiveGate`)."""
 
 
 class _Malformed:
