@@ -1,17 +1,23 @@
-"""The README's command blocks, run as written, in order.
+"""The README's blocks, every one of them, run as written, in order
+(``test_every_readme_block_is_run`` fails on a block no test claims).
 
-Fast (default suite): the quick start's targets exist; the train -> serve -> demo sequence with
-the README's commands (train with ``--iterations 3`` added, serve on a free port instead of
-50051); the in-process snippet; the client snippet and the three examples in a process where
-torch, ``metarl`` and ``metarl_server`` cannot be imported (only the client and ``metarl_envs``).
+Fast (default suite): the quick start's and Develop's make targets exist (dry runs); the train
+-> eval -> serve -> demo sequence with the README's commands (train with ``--iterations 3``
+added, eval on 2 tasks, serve on a free port instead of 50051), ``metarl train --help``; the
+Operate block's publish -> serve -> train --init-from -> publish --gate (3 iterations, a free
+port); the in-process snippet; the client snippet and the three examples in a process where
+torch, ``metarl`` and ``metarl_server`` cannot be imported (only the client and ``metarl_envs``);
+grpcurl's call (skipped without grpcurl).
 
-Slow: the same sequence verbatim (the preset's full training, port 50051); the client snippet
-and the examples in a fresh venv holding only what the README tells a client user to install;
-``make demo`` on a fresh clone.
+Slow: the same sequences verbatim (the preset's full training, the full evaluation, port
+50051); the client snippet and the examples in a fresh venv holding only what the README tells
+a client user to install; ``make demo`` on a fresh clone; the Docker block (skipped without a
+Docker daemon).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -91,23 +97,78 @@ def with_port(args: list[str], port: int) -> list[str]:
     return [a.replace(str(README_PORT), str(port)) for a in args]
 
 
+# -- every block is run --------------------------------------------------------------------------
+
+RUN_BY = {  # a text only that block holds -> the tests that run it
+    "trainer (metarl train) ──checkpoint": "(a diagram, not commands)",
+    "make demo   #": "test_quick_start_is_make_demo_and_make_test, test_make_demo_on_a_fresh_clone",
+    "adaptation: return 40.7 -> 200.0": "(the demo's output: test_train_serve_demo_sequence)",
+    "metarl train --env metarl/CartPoleFamily-v0 --out runs/cp": "test_train_serve_demo_*",
+    "metarl eval runs/cp": "test_train_serve_demo_*",
+    "metarl.Policy.load(": "test_in_process_snippet",
+    "metarl serve --checkpoint runs/cp": "test_train_serve_demo_*",
+    "grpcurl -plaintext": "test_grpcurl_block",
+    "pip install ./client ./envs": "test_client_in_a_fresh_venv_with_what_the_readme_installs",
+    "PolicyClient(": "test_client_snippet_and_examples_*, test_client_in_a_fresh_venv_*",
+    "python examples/": "test_client_snippet_and_examples_*, test_client_in_a_fresh_venv_*",
+    "metarl publish cartpole-family/1 --model-dir models": "test_operate_refresh_*",
+    "docker build -t metarl .": "test_docker_block_verbatim",
+    "make install        #": "test_develop_targets_exist",
+}
+
+
+def test_every_readme_block_is_run() -> None:
+    for block in blocks():
+        claims = [key for key in RUN_BY if key in block]
+        assert len(claims) == 1, f"a README block no test runs (add it to RUN_BY):\n{block}"
+    assert len(blocks()) == len(RUN_BY), "a RUN_BY entry matches no README block"
+
+
 # -- the structure the tests rely on ---------------------------------------------------------
 
 
-def test_quick_start_is_make_demo_and_make_test() -> None:
-    quick = commands(block_with("make demo"))
-    assert quick == [["make", "demo"], ["make", "test"]]
-    for target in ("demo", "test"):  # the targets exist (dry run: nothing installed or run)
+def make_targets_exist(targets: list[str]) -> None:
+    for target in targets:  # (dry run: nothing installed or run)
         proc = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
 
 
+def test_quick_start_is_make_demo_and_make_test() -> None:
+    quick = commands(block_with("make demo   #"))
+    assert quick == [["make", "demo"], ["make", "test"]]
+    make_targets_exist(["demo", "test"])
+
+
+def test_develop_targets_exist() -> None:
+    develop = commands(block_with("make install        #"))
+    assert all(cmd[0] == "make" and len(cmd) == 2 for cmd in develop), develop
+    make_targets_exist([cmd[1] for cmd in develop])
+
+
 def sequence() -> tuple[list[str], list[str], list[str]]:
-    train = commands(block_with("metarl train --env metarl/CartPoleFamily-v0 --out runs/cp"))[0]
+    train, train_help = commands(
+        block_with("metarl train --env metarl/CartPoleFamily-v0 --out runs/cp")
+    )
+    assert train_help == ["metarl", "train", "--help"]
     serve, demo = commands(block_with("metarl serve --checkpoint runs/cp"))
     assert train[:2] == ["metarl", "train"] and serve[:2] == ["metarl", "serve"]
     assert demo[:2] == ["metarl", "demo"]
     return train, serve, demo
+
+
+def evaluations() -> list[list[str]]:
+    evals = commands(block_with("metarl eval runs/cp"))
+    assert [e[:2] for e in evals] == [["metarl", "eval"]] * 2
+    return evals
+
+
+def check_evaluations(evals: list[list[str]], cwd: Path, env: dict[str, str], fast: bool) -> None:
+    """The Evaluate block after the training (fast: 2 tasks, 1 step, maml only)."""
+    quick = ["--tasks", "2", "--adapt-steps", "1", "--methods", "maml"] if fast else []
+    table = run([*evals[0], *quick], cwd, env, timeout=1800)
+    assert "maml" in table and (cwd / "curves.png").stat().st_size > 0
+    summary = json.loads(run([*evals[1], *quick], cwd, env, timeout=1800))
+    assert summary["env_id"] == "metarl/Navigation2D-v0" and "maml" in summary["returns"]
 
 
 # -- fast --------------------------------------------------------------------------------------
@@ -121,10 +182,69 @@ def test_train_serve_demo_sequence(tmp_path: Path) -> None:
     out = run([*train, "--iterations", "3"], tmp_path, env, timeout=180)
     assert "runs/cp" in out
     assert (tmp_path / "runs" / "cp" / "manifest.json").is_file()
+    assert "--out" in run(["metarl", "train", "--help"], tmp_path, env, timeout=60)
+    check_evaluations(evaluations(), tmp_path, env, fast=True)
     port = free_port()
     with serving(with_port(serve, port), tmp_path, env, port):
         shown = run(with_port(demo, port), tmp_path, env, timeout=180)
     assert re.search(r"adaptation: return -?[\d.]+ -> -?[\d.]+", shown), shown
+
+
+def operate() -> tuple[list[str], list[str], list[str], list[str]]:
+    publish, serve, train, gated = commands(
+        block_with("metarl publish cartpole-family/1 --model-dir models")
+    )
+    assert publish[:2] == gated[:2] == ["metarl", "publish"] and train[:2] == ["metarl", "train"]
+    assert serve[:2] == ["metarl", "serve"] and serve[-1] == "&"  # (in the background)
+    return publish, serve[:-1], train, gated
+
+
+def check_refresh(cwd: Path, env: dict[str, str], port: int, fast: bool) -> None:
+    """The Operate block: publish the bundled policy into a new model directory, serve it,
+    train from it, publish the result behind the gate; the running server serves version 2."""
+    publish, serve, train, gated = operate()
+    run(publish, cwd, env, timeout=120)  # makes models/ (the README's first line)
+    assert (cwd / "models" / "cartpole-family" / "1" / "manifest.json").is_file()
+    with serving(serve if not fast else [*serve, "--port", str(port)], cwd, env, port):
+        run([*train, "--iterations", "3"] if fast else train, cwd, env, timeout=900)
+        shown = run(gated, cwd, env, timeout=900)
+        assert "passes" in shown, shown
+        assert (cwd / "models" / "cartpole-family" / "2" / "manifest.json").is_file()
+        # the running server picks version 2 up from its model directory (its next scan)
+        client = subprocess.run(
+            [sys.executable, "-c", LATEST_VERSION, f"localhost:{port}"],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+        assert client.stdout.strip() == "2", client.stdout + client.stderr
+
+
+LATEST_VERSION = """
+import sys, time
+from metarl_client import PolicyClient
+with PolicyClient(sys.argv[1]) as client:
+    for _ in range(200):  # (the server scans its model directory every 5 s)
+        latest = client.policy("cartpole-family").latest_version
+        if latest == "2":
+            break
+        client.list_policies()
+        time.sleep(0.5)
+print(client.policy("cartpole-family").latest_version)
+"""
+
+
+@pytest.mark.timeout(600)
+def test_operate_refresh_sequence(tmp_path: Path) -> None:
+    """The Operate block (3 training iterations; a free port)."""
+    check_refresh(tmp_path, env_for(BIN), free_port(), fast=True)
+
+
+@pytest.mark.timeout(120)
+def test_grpcurl_block(server_target: str) -> None:
+    (call,) = commands(block_with("grpcurl -plaintext"))
+    if shutil.which("grpcurl") is None:
+        pytest.skip("grpcurl is not installed")
+    out = run(with_port(call, int(server_target.rsplit(":", 1)[1])), ROOT, env_for(BIN), 60)
+    assert "cartpole-family" in out
 
 
 @pytest.mark.timeout(120)
@@ -198,10 +318,47 @@ def test_train_serve_demo_verbatim(tmp_path: Path) -> None:
     train, serve, demo = sequence()
     env = env_for(BIN)
     run(train, tmp_path, env, timeout=600)
+    check_evaluations(evaluations(), tmp_path, env, fast=False)
     with serving(serve, tmp_path, env, README_PORT):
         shown = run(demo, tmp_path, env, timeout=300)
     before, after = map(float, re.findall(r"return (-?[\d.]+) -> (-?[\d.]+)", shown)[-1])
     assert after > before, shown
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_operate_refresh_verbatim(tmp_path: Path) -> None:
+    if not port_free(README_PORT):
+        pytest.skip(f"port {README_PORT} is in use on this machine")
+    check_refresh(tmp_path, env_for(BIN), README_PORT, fast=False)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_docker_block_verbatim(tmp_path: Path) -> None:
+    build, run_bundled, run_mounted = commands(block_with("docker build -t metarl ."))
+    if (
+        shutil.which("docker") is None
+        or subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode
+    ):
+        pytest.skip("no Docker daemon here")
+    if not port_free(README_PORT):
+        pytest.skip(f"port {README_PORT} is in use on this machine")
+    env = env_for(BIN)
+    run(build, ROOT, env, timeout=3000)
+    publish = operate()[0]
+    run(publish, tmp_path, env, timeout=120)  # the model directory the last line mounts
+    for docker_run in (run_bundled, run_mounted):
+        name = f"metarl-readme-{os.getpid()}"
+        args = [a.replace("$PWD", str(tmp_path)) for a in docker_run[2:]]  # (as a shell would)
+        run([*docker_run[:2], "-d", "--name", name, *args], tmp_path, env, timeout=120)
+        try:
+            deadline = time.monotonic() + 120
+            while not check(f"127.0.0.1:{README_PORT}", 1.0)[0]:
+                assert time.monotonic() < deadline, "the container did not become SERVING"
+                time.sleep(1)
+        finally:
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=120)
 
 
 @pytest.mark.slow
