@@ -6,7 +6,9 @@ without stalling adaptations."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 import string
 import threading
@@ -22,8 +24,10 @@ from prometheus_client import generate_latest
 
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.tensors import to_tensor
+from metarl_server.app import ServeConfig, create_server
 from metarl_server.interceptors import MAX_CACHED_HANDLERS
-from tests.server_support import create, serving, stub
+from metarl_server.registry import PolicyRegistry, in_process_loader
+from tests.server_support import create, episode_proto, make_checkpoint, serving, stub
 
 CARTPOLE = "cartpole-family"
 OBS = np.zeros(4, np.float32)
@@ -297,3 +301,82 @@ def test_bodies_wait_for_a_receive_slot_and_are_refused_past_the_budget(
         # the one past the batch limit
         text = generate_latest(server.metrics.registry).decode()
         assert 'metarl_grpc_requests_total{code="RESOURCE_EXHAUSTED",method="Act"} 2.0' in text
+
+
+# -- 5. a huge file in the model directory -----------------------------------------------------
+
+
+def _spy_registry(calls: list[Path]) -> PolicyRegistry:
+    def loader(path: Path) -> Any:
+        calls.append(path)
+        return in_process_loader(path)
+
+    return PolicyRegistry(loader)
+
+
+def test_a_huge_or_stray_params_file_is_refused_from_its_header_without_reading_it(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    make_checkpoint(models / "nav" / "1")
+    make_checkpoint(models / "nav" / "5", version="5", learned_lr=True)  # (lr tensors too)
+    huge = make_checkpoint(models / "nav" / "2", version="2")
+    with (huge / "params.safetensors").open("r+b") as f:
+        f.truncate(1 << 30)  # 1 GiB, sparse: its header and tensors, then zeros
+    fifo = make_checkpoint(models / "nav" / "3", version="3")
+    (fifo / "params.safetensors").unlink()
+    os.mkfifo(fifo / "params.safetensors")  # reading it would block forever
+    lying = make_checkpoint(models / "nav" / "4", version="4")
+    manifest = json.loads((lying / "manifest.json").read_text())
+    manifest["policy"]["hidden_sizes"] = [4096, 4096]  # declares tensors it does not hold
+    (lying / "manifest.json").write_text(json.dumps(manifest))
+    big_manifest = make_checkpoint(models / "nav" / "6", version="6")
+    with (big_manifest / "manifest.json").open("r+b") as f:
+        f.truncate(1 << 30)
+
+    calls: list[Path] = []
+    registry = _spy_registry(calls)
+    registry.model_dirs.append(models)
+    result = registry.scan()
+    assert sorted(pv.version for pv in result.loaded) == ["1", "5"]
+    refused = {p.name: reason for p, reason in result.refused}
+    assert set(refused) == {"2", "3", "4", "6"}
+    assert "1073741824 bytes" in refused["2"] and "refused without reading it" in refused["2"]
+    assert "not a regular file" in refused["3"]
+    assert "its manifest declares a float tensor of shape [4096]" in refused["4"]
+    assert "more than the 1048576" in refused["6"]
+    assert sorted(p.name for p in calls) == ["1", "5"]
+
+
+def test_an_adapt_is_answered_while_a_slow_load_is_in_progress(tmp_path: Path) -> None:
+    """A load held in progress (the loader reads a FIFO nobody writes yet) while an Adapt is
+    asked: the Adapt is answered, then the load is let go."""
+    from metarl_server.adapter import Adapter
+
+    models = tmp_path / "models"
+    make_checkpoint(models / "nav" / "1")
+    adapter = Adapter(processes=1, warm_up=False)
+    registry = PolicyRegistry(adapter.load)
+    registry.load_model_dir(models)
+    server, port = create_server("[::]:0", registry, ServeConfig(poll_interval=0), adapter=adapter)
+    server.start()
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    loading = threading.Thread(
+        target=lambda: adapter.call_loader(Path.read_bytes, gate), name="slow-load"
+    )
+    try:
+        with grpc.insecure_channel(f"localhost:{port}") as channel:
+            s = stub(channel)
+            sid = create(s, "nav")
+            loading.start()  # the loader process blocks opening the FIFO
+            short = [episode_proto(np.zeros((3, 2)), np.zeros((3, 2)), [1.0, 0.0, 1.0])]
+            out = s.Adapt(pb.AdaptRequest(session_id=sid, episodes=short), timeout=120)
+            assert out.stats.steps == 1
+            assert loading.is_alive()  # the load is still held: nobody has written the FIFO
+    finally:
+        with gate.open("wb") as f:  # lets the load finish
+            f.write(b"done")
+        loading.join(60)
+        server.stop(None).wait(30)
+    assert not loading.is_alive()

@@ -1,4 +1,5 @@
-"""Runs adaptations (and checkpoint loads) off the request path, in a small pool of processes.
+"""Runs adaptations off the request path, in a small pool of processes, and checkpoint loads
+on a loader of their own (so a slow load never stalls an adaptation).
 
 ``Adapt`` handlers send a job to an idle worker over its pipe and read the answer themselves (no
 executor threads in between); ``Act`` handlers never wait for the pool,
@@ -27,6 +28,10 @@ from metarl_server.errors import ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+LOAD_TIMEOUT = 300.0
+"""Seconds a checkpoint load may take before its loader is stopped (and the load refused)."""
+LOADER_IDLE_SECONDS = 30.0
+"""Seconds the loader process stays up after a load (model directory scans reuse it)."""
 
 
 class _Worker:
@@ -112,6 +117,10 @@ class Adapter:
         self._thread_pool: ThreadPoolExecutor | None = None
         self._workers: list[_Worker] = []
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._load_lock = threading.Lock()
+        self._loader: _Worker | None = None
+        self._load_pool: ThreadPoolExecutor | None = None
+        self._load_timer: threading.Timer | None = None
         if processes <= 0:
             self._thread_pool = ThreadPoolExecutor(
                 1,
@@ -132,12 +141,61 @@ class Adapter:
             return [w.process.pid for w in self._workers if w.process.pid is not None]
 
     def start(self, timeout: float = 120.0) -> None:
-        """Starts the workers and waits until they are warmed up."""
+        """Starts the workers (and the loader, for the first checkpoints: its start overlaps
+        theirs) and waits until the workers are warmed up."""
+        if self.processes > 0:
+            with self._load_lock:
+                self._loader_process()
         self._run(worker.ping, timeout=timeout, bounded=False)
 
     def load(self, path: Path) -> worker.LoadedCheckpoint:
-        """Loads and verifies a checkpoint in a worker; raises ``CheckpointError``."""
-        return self._run(worker.load, str(path), timeout=300.0, bounded=False)
+        """Loads and verifies a checkpoint; raises ``CheckpointError``. On a loader of its own
+        (:meth:`call_loader`), never on the workers Adapt calls wait for."""
+        return self.call_loader(worker.load, str(path), timeout=LOAD_TIMEOUT)
+
+    def call_loader(self, fn: Any, *args: Any, timeout: float | None = LOAD_TIMEOUT) -> Any:
+        """``fn(*args)`` on the loader: a process of its own (a thread of its own with
+        ``processes == 0``), started on first use and stopped after :data:`LOADER_IDLE_SECONDS`
+        without a load, so a slow load (a huge file, a slow disk) never stalls an adaptation.
+        One load at a time."""
+        with self._load_lock:
+            if self._closed:
+                raise Unavailable("the server is shutting down")
+            if self._load_timer is not None:
+                self._load_timer.cancel()
+            try:
+                if self._thread_pool is not None:
+                    if self._load_pool is None:
+                        self._load_pool = ThreadPoolExecutor(1, thread_name_prefix="metarl-load")
+                    return self._load_pool.submit(fn, *args).result(timeout)
+                loader = self._loader_process()
+                try:
+                    return loader.call(fn, args, timeout)
+                except (TimeoutError, BrokenProcessPool):
+                    self._loader = None
+                    loader.stop(0)
+                    raise
+            finally:
+                if self._loader is not None:
+                    self._load_timer = threading.Timer(LOADER_IDLE_SECONDS, self._stop_idle_loader)
+                    self._load_timer.daemon = True
+                    self._load_timer.start()
+
+    def _loader_process(self) -> _Worker:
+        """The loader process (the caller holds ``_load_lock``), started if need be."""
+        if self._loader is None or not self._loader.process.is_alive():
+            self._loader = _Worker(self.torch_threads, warm_up=False)
+        return self._loader
+
+    def _stop_idle_loader(self) -> None:
+        if not self._load_lock.acquire(blocking=False):
+            return  # a load is running: the timer is set again after it
+        try:
+            loader, self._loader = self._loader, None
+        finally:
+            self._load_lock.release()
+        if loader is not None:
+            loader.stop(10)
 
     def adapt(
         self,
@@ -250,6 +308,14 @@ class Adapter:
         with self._lock:
             self._closed = True
             workers, self._workers = self._workers, []
+        with self._load_lock:
+            if self._load_timer is not None:
+                self._load_timer.cancel()
+            loader, self._loader = self._loader, None
+            if self._load_pool is not None:
+                self._load_pool.shutdown(wait=False, cancel_futures=True)
+        if loader is not None:
+            workers.append(loader)
         if self._thread_pool is not None:
             self._thread_pool.shutdown(wait=True, cancel_futures=True)
         for w in workers:

@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 
 from metarl_client.versions import version_key
+from metarl_server.checkpoint_files import check_checkpoint_files
 from metarl_server.errors import InvalidArgument, NotFound
 from metarl_server.numpy_policy import Arch, NumpyPolicy, ParamSet
 from metarl_server.worker import LoadedCheckpoint
@@ -205,6 +206,7 @@ class PolicyRegistry:
     def _add(
         self, path: Path, pinned: bool, *, layout: tuple[str, str] | None = None
     ) -> tuple[PolicyVersion, bool]:
+        check_checkpoint_files(path)  # (from its header: a huge or stray file is never read)
         ckpt = self.loader(path)
         if layout is not None and (ckpt.name, ckpt.version) != layout:
             # A model directory's <name>/<version>/ path is what its operator named it: serve
