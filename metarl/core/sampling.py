@@ -36,7 +36,31 @@ def sample_episodes(
     task_rngs: Sequence[np.random.Generator] | None = None,
     deterministic: bool = False,
 ) -> EpisodeBatch:
-    """Runs ``episodes_per_task`` episodes on each task, all at once.
+    """Runs ``episodes_per_task`` episodes on each task, all at once (the episodes of
+    :func:`sample_episodes_and_successes`, without the success flags)."""
+    batch, _ = sample_episodes_and_successes(
+        env, spec, params, tasks, episodes_per_task,
+        rng=rng, generator=generator, task_rngs=task_rngs, deterministic=deterministic,
+    )  # fmt: skip
+    return batch
+
+
+def sample_episodes_and_successes(
+    env: BatchedTaskEnv,
+    spec: PolicySpec,
+    params: Params,
+    tasks: Sequence[Task],
+    episodes_per_task: int,
+    *,
+    rng: np.random.Generator | None = None,
+    generator: torch.Generator | None = None,
+    task_rngs: Sequence[np.random.Generator] | None = None,
+    deterministic: bool = False,
+) -> tuple[EpisodeBatch, np.ndarray | None]:
+    """Runs ``episodes_per_task`` episodes on each task, all at once; returns them and, for a
+    family that reports success (``reports_success``), whether each episode succeeded
+    (``[K, E]`` bools: the env's success flag was set at some step of the episode, Meta-World's
+    protocol), else None.
 
     ``params`` are shared by all tasks, or stacked one per task. ``env`` must hold
     ``len(tasks) * episodes_per_task`` envs. Give either ``rng`` and ``generator`` (env resets and
@@ -67,6 +91,7 @@ def sample_episodes(
     mask_buf = np.zeros((horizon, k * e), dtype=np.float32)
     act_list: list[Tensor] = []
     alive = np.ones(k * e, dtype=bool)
+    succeeded = np.zeros(k * e, dtype=bool) if getattr(env, "reports_success", False) else None
     stacked = policies.stack(spec, params, k)
     with torch.no_grad():
         for t in range(horizon):
@@ -88,6 +113,8 @@ def sample_episodes(
                 env_actions = np.clip(env_actions, space.low, space.high)  # type: ignore[attr-defined]
             obs, rewards, terminated = env.step(env_actions)
             rew_buf[t] = rewards * alive
+            if succeeded is not None:
+                succeeded |= np.asarray(env.success, dtype=bool) & alive
             alive = alive & ~terminated
             if not alive.any():
                 horizon = t + 1
@@ -98,12 +125,24 @@ def sample_episodes(
         x = x[:horizon]
         return x.reshape(horizon, k, e, *x.shape[2:]).movedim(0, 2).contiguous()
 
-    return EpisodeBatch(
+    batch = EpisodeBatch(
         observations=to_batch(torch.from_numpy(obs_buf)),
         actions=to_batch(acts),
         rewards=to_batch(torch.from_numpy(rew_buf)),
         mask=to_batch(torch.from_numpy(mask_buf)),
     )
+    return batch, None if succeeded is None else succeeded.reshape(k, e)
+
+
+def with_horizon(env: BatchedTaskEnv, max_episode_steps: int | None) -> BatchedTaskEnv:
+    """``env`` with its episodes cut at ``max_episode_steps`` (None: the family's own length).
+    A shorter horizon than the family's (Meta-World's 500 steps) is a training and evaluation
+    choice: it is saved in the checkpoint's ``training`` section and ``metarl eval`` uses it."""
+    if max_episode_steps is not None:
+        if max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be at least 1, got {max_episode_steps}")
+        env.max_episode_steps = max_episode_steps  # type: ignore[misc]
+    return env
 
 
 def _reset_per_task(

@@ -3,7 +3,13 @@
     metarl eval runs/nav --tasks 40 --adapt-steps 3 --seed 7 [--json] [--plot curves.png]
 
 Tasks are drawn from the checkpoint's family with ``--seed`` (from a stream training never
-uses). Every method starts from its own initial parameters and then runs the *same* inner loop
+uses; a family with a fixed test split, Meta-World ML1's test goals, gives its test tasks).
+For a family that reports success, each step also scores the success rate of the episodes it
+sampled, as Meta-World's protocol does: an episode succeeded if the task's flag was set at any of
+its steps, and the rate after ``j`` steps is scored on fresh episodes of the parameters adapted
+``j`` times on the previous round's episodes.
+
+Every method starts from its own initial parameters and then runs the *same* inner loop
 as the server (:func:`metarl.core.inner_loop.adapt_on_episodes`, one step at a time): sample
 ``episodes_per_task`` episodes per task with the current parameters, record their mean return,
 adapt one step on them, repeat. The methods:
@@ -45,7 +51,12 @@ from metarl.core.checkpoint_paths import resolve_checkpoint as _resolve
 from metarl.core.errors import UsageError
 from metarl.core.inner_loop import InnerLoopConfig
 from metarl.core.policies import Params, PolicySpec
-from metarl.core.sampling import episode_returns, sample_episodes
+from metarl.core.sampling import (
+    episode_returns,
+    sample_episodes,
+    sample_episodes_and_successes,
+    with_horizon,
+)
 from metarl.envs.base import BatchedTaskEnv, Task
 
 Method = Literal["maml", "pretrained", "random"]
@@ -91,6 +102,8 @@ class EvalConfig:
     quiet: bool = False
     methods: tuple[Method, ...] = METHODS
     """Methods to evaluate: ``maml`` alone skips the baselines' training and tuning."""
+    max_episode_steps: int | None = None
+    """Episode length; default: the checkpoint's training value (else the family's)."""
     """No progress messages on stderr."""
 
 
@@ -110,6 +123,18 @@ class EvalResult:
     """Each baseline's fine-tuning settings, chosen on training tasks, with the grid tried."""
     selection_tasks: int = 0
     """Training tasks the baselines' settings were chosen on."""
+    partial: bool = False
+    """The checkpoint's training stopped before its planned iterations (its manifest says so):
+    the returns are of an unfinished policy."""
+    training_iterations: tuple[int, int] | None = None
+    """``(done, planned)`` iterations of the checkpoint's training, where its manifest has them."""
+    success: dict[str, list[float]] = field(default_factory=dict)
+    """Families that report success: the fraction of episodes that succeeded (mean over tasks of
+    each task's rate) after 0..K inner steps; empty for the others."""
+    per_task_success: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """``[K + 1, num_tasks]`` per-task success rates."""
+    max_episode_steps: int = 0
+    """Episode length the evaluation ran."""
 
     def best_baseline(self) -> list[float] | None:
         """After each step, the better of the fine-tuned baselines' mean returns (None when no
@@ -127,6 +152,12 @@ class EvalResult:
             "std": self.std,
             "adapt_steps": len(next(iter(self.returns.values()))) - 1,
             "episodes_per_task": self.episodes_per_task,
+            "partial": self.partial,
+            "training_iterations": None
+            if self.training_iterations is None
+            else dict(zip(("done", "planned"), self.training_iterations, strict=True)),
+            "max_episode_steps": self.max_episode_steps,
+            **({"success_rate": self.success} if self.success else {}),
             "fine_tuning": {
                 "selection_tasks": self.selection_tasks,
                 "criterion": "mean return after 1..K inner steps on training tasks",
@@ -179,22 +210,51 @@ def adaptation_curve(
     rng: np.random.Generator,
     generator: torch.Generator,
 ) -> np.ndarray:
-    """Per-task mean return ``[steps + 1, len(tasks)]`` after 0..``steps`` inner steps.
+    """Per-task mean return ``[steps + 1, len(tasks)]`` after 0..``steps`` inner steps (the
+    returns of :func:`adaptation_curves`)."""
+    returns, _ = adaptation_curves(
+        env, spec, params, tasks, inner, steps=steps, episodes_per_task=episodes_per_task,
+        lr=lr, rng=rng, generator=generator,
+    )  # fmt: skip
+    return returns
+
+
+def adaptation_curves(
+    env: BatchedTaskEnv,
+    spec: PolicySpec,
+    params: Params,
+    tasks: list[Task],
+    inner: InnerLoopConfig,
+    *,
+    steps: int,
+    episodes_per_task: int,
+    lr: float | Params | None,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-task mean return ``[steps + 1, len(tasks)]`` after 0..``steps`` inner steps, and the
+    per-task success rate (same shape) for a family that reports success, else None.
 
     Step ``j`` samples episodes with the parameters adapted ``j`` times and, unless it is the
-    last, adapts once more on exactly those episodes (the server's inner loop)."""
+    last, adapts once more on exactly those episodes (the server's inner loop): every figure
+    after ``j`` steps is scored on episodes the ``j``-th adaptation did not see."""
     current = {k: v.detach() for k, v in params.items()}
     out = np.zeros((steps + 1, len(tasks)))
+    success: np.ndarray | None = None
     for j in range(steps + 1):
-        batch = sample_episodes(
+        batch, succeeded = sample_episodes_and_successes(
             env, spec, current, tasks, episodes_per_task, rng=rng, generator=generator
         )
         out[j] = episode_returns(batch).mean(dim=1).double().numpy()
+        if succeeded is not None:
+            if success is None:
+                success = np.zeros((steps + 1, len(tasks)))
+            success[j] = succeeded.mean(axis=1)
         if j < steps:
             current = inner_loop.adapt_on_episodes(
                 spec, current, batch, inner, lr=lr, steps=1, first_step=j
             )
-    return out
+    return out, success
 
 
 def pretrain_multitask(
@@ -208,12 +268,13 @@ def pretrain_multitask(
     lr: float,
     rng: np.random.Generator,
     generator: torch.Generator,
+    max_episode_steps: int | None = None,
 ) -> Params:
     """The ``pretrained`` baseline: one policy trained on all tasks jointly with the inner loop's
     REINFORCE loss (same advantages) and Adam; no adaptation during training."""
     theta = {k: v.requires_grad_() for k, v in policies.init_params(spec, generator).items()}
     optimizer = torch.optim.Adam(theta.values(), lr=lr)
-    env = batched_cls(tasks_per_iteration * episodes_per_task)
+    env = with_horizon(batched_cls(tasks_per_iteration * episodes_per_task), max_episode_steps)
     for _ in range(iterations):
         tasks = batched_cls.sample_tasks(tasks_per_iteration, rng)
         detached = {k: v.detach() for k, v in theta.items()}
@@ -252,13 +313,14 @@ def choose_fine_tuning(
     steps: int,
     episodes_per_task: int,
     seed: np.random.SeedSequence,
+    max_episode_steps: int | None = None,
 ) -> tuple[FineTuning, torch.Tensor | None]:
     """The grid point (learning rate, std) with the best mean return after 1..``steps`` inner
     steps (0 steps: before any) on ``num_tasks`` tasks drawn from ``seed``, every point on the
     same tasks and random streams; ties go to the earlier point."""
     task_ss, episode_ss = seed.spawn(2)
     tasks = batched_cls.sample_tasks(num_tasks, np.random.default_rng(task_ss))
-    env = batched_cls(num_tasks * episodes_per_task)
+    env = with_horizon(batched_cls(num_tasks * episodes_per_task), max_episode_steps)
     grid: list[dict[str, Any]] = []
     best: tuple[float, float, torch.Tensor | None] | None = None
     best_score = -float("inf")
@@ -292,6 +354,8 @@ def evaluate(cfg: EvalConfig, ckpt: Checkpoint | None = None) -> EvalResult:
     batched_cls = envs.family(ckpt.env_id).batched_cls
     spec, inner = ckpt.spec, ckpt.inner_loop
     episodes = cfg.episodes_per_task or int(ckpt.training.get("episodes_per_task", 20))
+    trained_horizon = ckpt.training.get("max_episode_steps")
+    horizon = cfg.max_episode_steps or (int(trained_horizon) if trained_horizon else None)
 
     if cfg.baseline_tasks < 1 or not cfg.baseline_lr_scales or not cfg.baseline_stds:
         raise UsageError(
@@ -304,7 +368,9 @@ def evaluate(cfg: EvalConfig, ckpt: Checkpoint | None = None) -> EvalResult:
     # the training tasks the baselines' fine-tuning is chosen on (children 0-3 are as before).
     streams = np.random.SeedSequence(cfg.seed).spawn(5)
     task_ss, episode_ss, pretrain_ss, random_ss, select_ss = streams
-    tasks = batched_cls.sample_tasks(cfg.tasks, np.random.default_rng(task_ss))
+    # Held-out tasks: a family's test split where it has one (ML1's test goals), else fresh draws.
+    sample_test = getattr(batched_cls, "sample_test_tasks", batched_cls.sample_tasks)
+    tasks = sample_test(cfg.tasks, np.random.default_rng(task_ss))
 
     inits: dict[str, tuple[Params, float | Params | None]] = {
         "maml": (ckpt.params, ckpt.learning_rates),
@@ -322,6 +388,7 @@ def evaluate(cfg: EvalConfig, ckpt: Checkpoint | None = None) -> EvalResult:
                 lr=cfg.pretrain_lr,
                 rng=np.random.default_rng(pretrain_ss),
                 generator=torch.Generator().manual_seed(_torch_seed(pretrain_ss)),
+                max_episode_steps=horizon,
             ),
             None,
         )
@@ -344,16 +411,17 @@ def evaluate(cfg: EvalConfig, ckpt: Checkpoint | None = None) -> EvalResult:
         fine_tuning[method], std = choose_fine_tuning(
             batched_cls, spec, params, inner,
             lrs=lrs, stds=stds, num_tasks=cfg.baseline_tasks, steps=cfg.adapt_steps,
-            episodes_per_task=episodes, seed=select_ss,
+            episodes_per_task=episodes, seed=select_ss, max_episode_steps=horizon,
         )  # fmt: skip
         inits[method] = (with_std(spec, params, std), fine_tuning[method].lr)
 
-    env = batched_cls(cfg.tasks * episodes)
+    env = with_horizon(batched_cls(cfg.tasks * episodes), horizon)
     per_task: dict[str, np.ndarray] = {}
+    per_task_success: dict[str, np.ndarray] = {}
     for method in (m for m in METHODS if m in cfg.methods):
         _log(cfg, f"{method}: {cfg.tasks} tasks x {episodes} episodes, {cfg.adapt_steps} steps")
         params, lr = inits[method]
-        per_task[method] = adaptation_curve(
+        per_task[method], succeeded = adaptation_curves(
             env,
             spec,
             params,
@@ -365,6 +433,8 @@ def evaluate(cfg: EvalConfig, ckpt: Checkpoint | None = None) -> EvalResult:
             rng=np.random.default_rng(episode_ss),
             generator=torch.Generator().manual_seed(_torch_seed(episode_ss)),
         )
+        if succeeded is not None:
+            per_task_success[method] = succeeded
     return EvalResult(
         env_id=ckpt.env_id,
         num_tasks=cfg.tasks,
@@ -375,6 +445,13 @@ def evaluate(cfg: EvalConfig, ckpt: Checkpoint | None = None) -> EvalResult:
         per_task=per_task,
         fine_tuning=fine_tuning,
         selection_tasks=cfg.baseline_tasks,
+        partial=ckpt.partial,
+        training_iterations=ckpt.progress(),
+        success={
+            m: [round(float(x), 4) for x in s.mean(axis=1)] for m, s in per_task_success.items()
+        },
+        per_task_success=per_task_success,
+        max_episode_steps=env.max_episode_steps,
     )
 
 
@@ -432,7 +509,21 @@ def format_table(result: EvalResult) -> str:
         "inner steps",
         "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
     ]
+    if result.partial:  # first, where it cannot be missed
+        done, planned = result.training_iterations or ("?", "?")
+        lines.insert(
+            0,
+            f"PARTIAL checkpoint: its training stopped after iteration {done} of {planned} "
+            "(`metarl train --resume <its directory>` finishes it)",
+        )
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    if result.success:
+        lines.append(
+            "success rate (episodes whose success flag was set at some step; mean over tasks), "
+            f"after 0..{steps - 1} inner steps:"
+        )
+        rows = [[m, *(f"{100 * s:.1f}%" for s in result.success[m])] for m in result.success]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(line.rstrip() for line in lines)
 
 

@@ -70,6 +70,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "iterations": (lambda v: v >= 1, ">= 1"),
     "meta_batch_size": (lambda v: v >= 1, ">= 1"),
     "episodes_per_task": (lambda v: v >= 1, ">= 1"),
+    "max_episode_steps": (lambda v: v is None or v >= 1, ">= 1"),
     "inner_lr": (lambda v: v > 0, "> 0"),
     "inner_steps": (lambda v: v >= 1, ">= 1"),
     "discount": (lambda v: 0 <= v <= 1, "in [0, 1]"),

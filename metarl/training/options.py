@@ -58,6 +58,9 @@ class TrainConfig:
     """Tasks per meta-iteration (split over processes under torchrun)."""
     episodes_per_task: int = 10
     """Episodes sampled per task, before and after adaptation."""
+    max_episode_steps: int | None = None
+    """Episode length in training; None for the family's own (Meta-World's 500, the MuJoCo
+    families' 200). Saved in the checkpoint: ``metarl eval`` runs episodes of this length."""
     inner_lr: float = 1.0
     """Inner-loop learning rate alpha (Meta-SGD: the rates' initial value)."""
     inner_steps: int = 1

@@ -42,7 +42,7 @@ from metarl.core.checkpoint import Checkpoint
 from metarl.core.errors import UsageError, UserError, debug_requested, reported
 from metarl.core.inner_loop import InnerLoopConfig
 from metarl.core.policies import Params
-from metarl.core.sampling import episode_returns, sample_episodes
+from metarl.core.sampling import episode_returns, sample_episodes, with_horizon
 from metarl.training import config, distributed, trainer_state
 from metarl.training.algorithms import maml, metasgd, trpo
 from metarl.training.lineage import WarmStartError
@@ -194,7 +194,7 @@ def _train(
 
     share = ctx.task_share(cfg.meta_batch_size)
     num_local = share.stop - share.start
-    env = batched_cls(num_local * cfg.episodes_per_task)
+    env = with_horizon(batched_cls(num_local * cfg.episodes_per_task), cfg.max_episode_steps)
 
     ckpt = Checkpoint(
         name=cfg.name or default_name(cfg.env),
@@ -211,6 +211,7 @@ def _train(
             "seed": cfg.seed,
             "meta_batch_size": cfg.meta_batch_size,
             "episodes_per_task": cfg.episodes_per_task,
+            **({"max_episode_steps": cfg.max_episode_steps} if cfg.max_episode_steps else {}),
             **(
                 {"outer_lr": cfg.outer_lr, "outer_lr_anneal": cfg.outer_lr_anneal}
                 if cfg.outer == "adam"
