@@ -191,6 +191,16 @@ def test_a_signal_during_an_update_stops_after_it_and_resumes_bit_for_bit(
 def test_resume_refusals_name_the_run_and_the_way_out(tmp_path: Path) -> None:
     with pytest.raises(trainer_state.ResumeError, match=r"no trainer state at .*--init-from"):
         train(TrainConfig(resume=BUNDLED))
+    # killed (kill -9) before its first save: only its metrics file is there, nothing to resume
+    (tmp_path / "killed.metrics.csv").write_text("iteration\n")
+    with pytest.raises(trainer_state.ResumeError) as killed:
+        train(TrainConfig(resume=tmp_path / "killed"))
+    said = str(killed.value)
+    assert said.startswith(f"--resume {tmp_path / 'killed'}: nothing to resume: ")
+    assert f"it left {tmp_path / 'killed.metrics.csv'}" in said and "--overwrite" in said
+    assert "--init-from" not in said  # (no checkpoint there to start from)
+    with pytest.raises(trainer_state.ResumeError, match=r"no such run .*pass the --out of a run"):
+        train(TrainConfig(resume=tmp_path / "never"))
     train(tiny(tmp_path / "done", 2))
     with pytest.raises(trainer_state.ResumeError, match="pass --iterations N with N > 2"):
         train(TrainConfig(resume=tmp_path / "done"))

@@ -165,20 +165,42 @@ def save_state(state: TrainerState, out: Path) -> Path:
     return target
 
 
+def _no_state(run: Path, where: Path) -> str:
+    """Why ``--resume run`` finds no trainer state, from what is there, and what to do."""
+    if (run / "manifest.json").is_file():  # a checkpoint, without the state to continue it
+        return (
+            f"--resume {run}: no trainer state at {where} (the checkpoint was written before "
+            "resumable training, or by another tool); start a new run from its checkpoint with "
+            f"--init-from {run} --out NEW"
+        )
+    left = [
+        str(p)
+        for p in (
+            run.with_name(run.name + ".metrics.csv"),
+            run.with_name(run.name + ".tensorboard"),
+            where,
+            run,
+        )
+        if p.exists()
+    ]
+    if left:  # (killed before its first save: nothing was saved to continue from)
+        return (
+            f"--resume {run}: nothing to resume: the run stopped before its first save "
+            f"(no checkpoint, no trainer state; it left {', '.join(left)}); start it again "
+            "afresh: its `metarl train` command with --overwrite (which replaces what it left)"
+        )
+    return (
+        f"--resume {run}: no such run (nothing there: no checkpoint, no trainer state); pass "
+        "the --out of a run of `metarl train`"
+    )
+
+
 def load_state(run: Path) -> TrainerState:
     """Reads the state of the run ``run`` (its checkpoint directory or its state directory)."""
     run = run_of(Path(run))
     where = state_dir(run)
     if not (where / STATE_JSON).is_file() or not (where / STATE_TENSORS).is_file():
-        hint = (
-            "it was written before resumable training, or by another tool"
-            if run.exists()
-            else "no such run"
-        )
-        raise ResumeError(
-            f"--resume {run}: no trainer state at {where} ({hint}); pass the --out of a run "
-            f"of `metarl train`, or start a new run from its checkpoint with --init-from {run}"
-        )
+        raise ResumeError(_no_state(run, where))
     try:
         meta = json.loads((where / STATE_JSON).read_text())
         if meta.get("format_version") != FORMAT_VERSION:
