@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import queue
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -387,36 +389,70 @@ def test_malformed_requests_are_invalid_argument_without_a_traceback(
 def test_cancelled_adapts_are_not_computed_and_sessions_do_not_expire_while_adapting(
     tmp_path: Path,
 ) -> None:
+    """The order is forced, not timed: the adaptation worker is held (it reads a FIFO nobody
+    writes yet) while a session's Adapt waits for it past the session's TTL and an expiry pass,
+    and while another Adapt is cancelled; then the worker is let go."""
     registry = build_registry(ServeConfig(checkpoint=[make_checkpoint(tmp_path / "nav")]))
-    rng = np.random.default_rng(0)
-    long = [
-        episode_proto(rng.normal(size=(1000, 2)), rng.normal(size=(1000, 2)), rng.normal(size=1000))
-        for _ in range(100)
-    ]
     short = [episode_proto(np.zeros((3, 2)), np.zeros((3, 2)), [1.0, 0.0, 1.0])]
-    with serving(registry, poll_interval=0, session_ttl=0.5) as (server, channel):
+    ttl = 0.5
+    with serving(registry, poll_interval=0, session_ttl=ttl) as (server, channel):
         s = stub(channel)
         first = create(s, "nav")
         s.Adapt(pb.AdaptRequest(session_id=first, episodes=short), timeout=60)  # warm
-        started = time.monotonic()
-        busy = s.Adapt.future(
-            pb.AdaptRequest(session_id=first, episodes=long, steps=10), timeout=60
-        )
-        time.sleep(0.3)  # the worker is busy with it
-        second = create(s, "nav")
-        waiting = s.Adapt.future(pb.AdaptRequest(session_id=second, episodes=short), timeout=60)
-        time.sleep(0.2)
-        waiting.cancel()
-        # the first session is idle far past its 0.5 s TTL while its own Adapt runs
-        assert busy.result().stats.steps == 10
-        # (the maintenance thread expires idle sessions every second)
-        assert time.monotonic() - started > 1.6, "the adaptation was too short to show it"
-        assert s.GetSession(pb.GetSessionRequest(session_id=first)).session.adaptations == 2
         adaptations = server.metrics.adaptations
-        assert adaptations.labels("skipped")._value.get() == 1  # not computed
-        assert adaptations.labels("cancelled")._value.get() == 0
-        assert adaptations.labels("ok")._value.get() == 2  # the warm-up and the long one
-        assert server.metrics.adapt_seconds._sum.get() > 0.5
+        before = {k: adaptations.labels(k)._value.get() for k in ("ok", "skipped", "cancelled")}
+        gate = tmp_path / "gate"
+        os.mkfifo(gate)
+        held = threading.Thread(  # (the worker blocks opening the FIFO for reading)
+            target=lambda: server.adapter._run(Path.read_bytes, gate, timeout=None, bounded=False)
+        )
+        held.start()
+        try:
+            session = server.sessions.get(first)
+            idle = create(s, "nav")  # the control: idle as long, not adapting
+            idle_session = server.sessions.get(idle)
+            busy = s.Adapt.future(
+                pb.AdaptRequest(session_id=first, episodes=short, steps=10), timeout=60
+            )
+            _until(lambda: session.adapting, "the Adapt never started")
+            # both sessions idle past the TTL, then an expiry pass: only the control expires
+            _until(
+                lambda: (
+                    min(
+                        time.monotonic() - session.last_used,
+                        time.monotonic() - idle_session.last_used,
+                    )
+                    > ttl
+                ),
+                "the clock never passed the TTL",
+            )
+            server.sessions.expire()
+            with pytest.raises(grpc.RpcError) as err:
+                s.GetSession(pb.GetSessionRequest(session_id=idle))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            # an Adapt waiting for the held worker, cancelled: never computed
+            second = create(s, "nav")
+            second_session = server.sessions.get(second)
+            waiting = s.Adapt.future(pb.AdaptRequest(session_id=second, episodes=short), timeout=60)
+            _until(lambda: second_session.adapting, "the second Adapt never started")
+            waiting.cancel()
+        finally:
+            with gate.open("wb") as f:  # lets the worker go
+                f.write(b"go")
+            held.join(60)
+        assert busy.result().stats.steps == 10
+        assert s.GetSession(pb.GetSessionRequest(session_id=first)).session.adaptations == 2
+        after = {k: adaptations.labels(k)._value.get() for k in ("ok", "skipped", "cancelled")}
+        assert after["skipped"] - before["skipped"] == 1  # not computed
+        assert after["cancelled"] == before["cancelled"]
+        assert after["ok"] - before["ok"] == 1  # the held one
+
+
+def _until(condition: Any, failure: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.01)
 
 
 def test_metrics_bind_the_host_address(bundled_registry: Any) -> None:
