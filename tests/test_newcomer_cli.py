@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -142,7 +143,9 @@ def test_model_dir_layout_names_the_policy(
     assert said in caplog.text
 
 
-def test_empty_model_dir_is_waited_on_then_served(tmp_path: Path) -> None:
+def test_empty_model_dir_is_waited_on_then_served(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     models = tmp_path / "models"
     models.mkdir()
     proc = subprocess.Popen(
@@ -158,6 +161,14 @@ def test_empty_model_dir_is_waited_on_then_served(tmp_path: Path) -> None:
             log.append(line)
         assert "loading model directory" in log[0]
         assert proc.poll() is None  # waiting, not exited
+        # the demo against it: a server is there, with no policy yet (not "start a server")
+        bound = re.search(r"bound to (\S+):(\d+),", log[-1])
+        assert bound is not None, log[-1]
+        code, err = run_main(["demo", "--target", f"127.0.0.1:{bound[2]}"], capsys)
+        line = one_error_line(err, "metarl demo")
+        assert code == 1 and "is up but serves no policy yet (health NOT_SERVING" in line
+        assert "no policy loaded yet: the server waits for a checkpoint" in line
+        assert "metarl publish" in line and "start one" not in line
         copy_bundled("cartpole-family", models / "mine" / "1")
         line = proc.stdout.readline()  # printed once a policy is loaded
         assert "listening on port" in line, "".join(log)
@@ -290,6 +301,7 @@ def test_demo_against_no_server(capsys: pytest.CaptureFixture[str]) -> None:
     code, err = run_main(["demo", "--target", target], capsys)
     line = one_error_line(err, "metarl demo")
     assert code == 1 and target in line and "metarl serve" in line
+    assert line.startswith(f"metarl demo: error: no policy server answers at {target}")
 
 
 def test_no_checkpoint_written_is_not_reported_as_written(tmp_path: Path) -> None:

@@ -36,6 +36,41 @@ class DemoConfig:
     """Inner steps per Adapt; the policy's default when unset."""
 
 
+def _health(target: str) -> str | None:
+    """The health status of the server at ``target`` (``SERVING``, ``NOT_SERVING``, ...), or
+    None when nothing answers there."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=2.0
+            )
+    except grpc.RpcError as exc:
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return None
+        return exc.code().name  # a server, without the health service
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def _unavailable(target: str, exc: Unavailable) -> str:
+    """What a ListPolicies that stayed UNAVAILABLE means: a server that is up but has no
+    policy to serve yet (an empty --model-dir, still loading, draining), or no server."""
+    health = _health(target)
+    if health is None:
+        return (
+            f"no policy server answers at {target} ({exc}): start one with `metarl serve` (or "
+            "leave out --target to start one in this process)"
+        )
+    return (
+        f"the policy server at {target} is up but serves no policy yet (health {health}; it "
+        f"answers: {exc}): publish a checkpoint into the --model-dir it watches (`metarl "
+        "publish CHECKPOINT --model-dir DIR`) or wait until it has loaded, then run the demo "
+        "again"
+    )
+
+
 def run_demo(cfg: DemoConfig) -> tuple[float, float]:
     server = None
     target = cfg.target
@@ -58,10 +93,7 @@ def run_demo(cfg: DemoConfig) -> tuple[float, float]:
             try:
                 info = {p.name: p for p in client.list_policies()}
             except Unavailable as exc:
-                raise UserError(
-                    f"no policy server answers at {target} ({exc}): start one with `metarl "
-                    "serve` (or leave out --target to start one in this process)"
-                ) from None
+                raise UserError(_unavailable(target, exc)) from None
             except MetarlError as exc:  # e.g. a server that requires a token
                 raise UserError(
                     f"the server at {target} refused to list its policies: {exc}"

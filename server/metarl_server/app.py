@@ -64,6 +64,10 @@ LOADING = (
     "loading policies: the server has just started and answers once they are loaded; retry "
     "shortly (the SDK's retry policy does)"
 )
+WAITING = (
+    "no policy loaded yet: the server waits for a checkpoint in its model directory (as "
+    "<name>/<version>/; `metarl publish CHECKPOINT --model-dir DIR` puts one there); retry then"
+)
 DRAINING = "the server is shutting down: retry (another replica, or this one once restarted)"
 
 
@@ -648,6 +652,7 @@ def serve(cfg: ServeConfig) -> None:
         raise UserError(f"could not load the policies: {exc}") from None
     if not loaded and cfg.model_dir is not None:
         # Watched: the maintenance thread (or ReloadModels) loads what appears.
+        server.refuse_calls(WAITING)
         log.info(
             "waiting for checkpoints in %s (as <name>/<version>/ directories: %s); "
             "bound to %s:%d, answering UNAVAILABLE until then",
