@@ -69,3 +69,15 @@ def test_demo_shows_adaptation(capsys) -> None:  # type: ignore[no-untyped-def]
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == f"adaptation: return {before:.1f} -> {after:.1f}"
     assert after > 1.5 * before
+
+
+def test_version_comes_from_the_installed_distributions() -> None:
+    from importlib.metadata import version
+
+    proc = subprocess.run([*METARL, "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    expected = (
+        f"metarl {version('metarl')} (metarl-client {version('metarl-client')}, "
+        f"metarl-envs {version('metarl-envs')}; Python {sys.version.split()[0]})\n"
+    )
+    assert proc.stdout == expected

@@ -44,6 +44,7 @@ def test_an_existing_run_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtur
     line = last_line(err)
     assert code == 2 and "wrote checkpoint" not in stdout
     assert line.startswith("metarl train: error: --out") and "a run is already there" in line
+    assert err.strip() == line  # fails fast: before the configuration dump, nothing else
     assert "--overwrite" in line
     assert (out / "manifest.json").read_text() == before  # untouched
 
@@ -112,3 +113,15 @@ def test_skipped_tensorboard_is_announced_once(
     assert len(said) == 1 and "pip install tensorboard" in said[0]
     code, _, err = train(tmp_path / "quiet", capsys, "--no-tensorboard")
     assert code == 0 and "TensorBoard" not in err
+
+
+def test_progress_into_a_log_is_plain_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # (stderr captured: not a terminal, as in a log file or CI)
+    code, _, err = train(tmp_path / "cp", capsys, "--iterations", "3", "--progress")
+    assert code == 0, err
+    assert "\r" not in err  # no progress-bar frames
+    shown = [ln for ln in err.splitlines() if ln.startswith("meta-train: ")]
+    assert [ln.split()[2] for ln in shown] == ["1/3", "2/3", "3/3"], err
+    assert all(" pre=" in ln and " post=" in ln and ln.endswith(" it/s)") for ln in shown)

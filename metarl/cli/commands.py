@@ -26,7 +26,24 @@ def main(argv: list[str] | None = None) -> None:
         _run(args)
 
 
+def versions() -> str:
+    """``metarl --version``: this metarl's and its parts' versions (distribution metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    parts = ", ".join(f"{d} {of(d)}" for d in ("metarl-client", "metarl-envs"))
+    return f"metarl {of('metarl')} ({parts}; Python {sys.version.split()[0]})"
+
+
 def _run(args: list[str]) -> None:
+    if args[:1] in (["--version"], ["-V"]):
+        print(versions())
+        return
     if args[:1] == ["serve"]:
         # The serving process never needs torch (~220 MB): skip the trainer's imports.
         from metarl_server.app import ServeConfig, serve
@@ -39,8 +56,8 @@ def _run(args: list[str]) -> None:
         from metarl.training.config import parse_train_args
         from metarl.training.train import prepare_outputs, report_checkpoint, train_or_exit
 
-        train_cfg = parse_train_args(args[1:], prog="metarl train")
-        prepare_outputs(train_cfg)  # an existing run is refused unless --overwrite
+        # an existing run is refused unless --overwrite, before the configuration is printed
+        train_cfg = parse_train_args(args[1:], prog="metarl train", check=prepare_outputs)
         ckpt = train_or_exit(train_cfg)  # Ctrl-C: a resumable state, exit 130
         report_checkpoint(train_cfg.out, ckpt)
         return
@@ -62,7 +79,8 @@ def _run(args: list[str]) -> None:
         args=args,
         prog="metarl",
         description="Meta-train, evaluate, serve and try adaptable RL policies. A mistake ends "
-        "in one line on stderr; add --debug (or METARL_DEBUG=1) for the traceback.",
+        "in one line on stderr; add --debug (or METARL_DEBUG=1) for the traceback. "
+        "`metarl --version` prints the versions.",
     )
     if isinstance(cfg, TrainConfig):
         from metarl.training.train import prepare_outputs, report_checkpoint, train

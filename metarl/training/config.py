@@ -507,9 +507,15 @@ def _shown_path(path: Path) -> str:
         return f"metarl/presets/{path.name}"
 
 
-def parse_train_args(argv: Sequence[str], prog: str = "metarl train") -> TrainConfig:
+def parse_train_args(
+    argv: Sequence[str],
+    prog: str = "metarl train",
+    check: Callable[[TrainConfig], None] | None = None,
+) -> TrainConfig:
     """:func:`resolve` for a command: a refused configuration is one line on stderr and exit
-    status 2; the effective configuration is printed on stderr (by the first process only)."""
+    status 2; the effective configuration is printed on stderr (by the first process only),
+    after ``check`` (the refusal of an existing ``--out``: a mistake fails fast, before the
+    dump)."""
     try:
         resolved = resolve(argv, prog)
     except ConfigError as exc:
@@ -517,6 +523,8 @@ def parse_train_args(argv: Sequence[str], prog: str = "metarl train") -> TrainCo
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if check is not None:
+        check(resolved.config)
     if int(os.environ.get("RANK", "0")) == 0:
         print(resolved.describe(), file=sys.stderr, flush=True)
     return resolved.config

@@ -241,9 +241,12 @@ def _train(
     )
     log = _MetricsLog(cfg, run.metrics_offset, run.start) if ctx.is_main else None
     run.watch(log)
+    progress = cfg.progress and ctx.is_main
+    # a terminal gets the bar; a log (stderr not a terminal) plain lines, not its \r frames
+    lines = _ProgressLines(cfg.iterations, run.start) if progress and not _tty() else None
     bar = tqdm(
         range(run.start + 1, cfg.iterations + 1), initial=run.start, total=cfg.iterations,
-        disable=not (cfg.progress and ctx.is_main), desc="meta-train",
+        disable=not progress or lines is not None, desc="meta-train",
     )  # fmt: skip
     for it in bar:
         start = time.perf_counter()
@@ -346,12 +349,39 @@ def _train(
             if cfg.outer == "trpo":
                 shown["kl"] = f"{kl:.4f}"
             bar.set_postfix(shown)
+            if lines is not None:
+                lines.show(it, shown)
             if it % cfg.save_every == 0 or it == cfg.iterations:
                 run.save(it)  # the checkpoint and the trainer state
         run.end_update(it)
     if log is not None:
         log.close()
     return ckpt
+
+
+def _tty() -> bool:
+    return sys.stderr.isatty()
+
+
+class _ProgressLines:
+    """The progress bar where stderr is not a terminal (a log file, CI, ``2>&1 | tee``): one
+    plain line every ``every`` iterations (about 20 in a run) and at the last."""
+
+    def __init__(self, total: int, start: int) -> None:
+        self.total, self.start = total, start
+        self.every = max(1, total // 20)
+        self.began = time.perf_counter()
+
+    def show(self, it: int, shown: dict[str, str]) -> None:
+        if it % self.every and it != self.total:
+            return
+        rate = (it - self.start) / max(time.perf_counter() - self.began, 1e-9)
+        values = " ".join(f"{k}={v}" for k, v in shown.items())
+        print(
+            f"meta-train: iteration {it}/{self.total} {values} ({rate:.2f} it/s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def unflatten_list(vector: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -454,9 +484,14 @@ def main() -> None:
     args = sys.argv[1:]
     prog = "python -m metarl.train"
     with reported(prog, debug_requested(args)):
-        cfg = config.parse_train_args([a for a in args if a != "--debug"], prog=prog)
-        # every process checks before the first one can write (the rendezvous is in train())
-        prepare_outputs(cfg, remove=int(os.environ.get("RANK", "0")) == 0)
+        # every process checks its outputs before the first one can write (the rendezvous is
+        # in train()), and before the configuration is printed
+        remove = int(os.environ.get("RANK", "0")) == 0
+        cfg = config.parse_train_args(
+            [a for a in args if a != "--debug"],
+            prog=prog,
+            check=lambda c: prepare_outputs(c, remove=remove),
+        )
         ckpt = train_or_exit(cfg)
         report_checkpoint(cfg.out, ckpt)
 
