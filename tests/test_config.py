@@ -19,7 +19,8 @@ from metarl.training.train import TrainConfig, train
 NAV = "metarl/Navigation2D-v0"
 TINY = [
     "--iterations", "1", "--meta-batch-size", "2", "--episodes-per-task", "1",
-    "--hidden-sizes", "4", "--threads", "1", "--no-progress", "--no-tensorboard",
+    "--hidden-sizes", "4", "--threads", "1", "--sampler-workers", "1", "--no-progress",
+    "--no-tensorboard",
 ]  # fmt: skip
 
 SHIPPED = [(env, name) for env in config.preset_files() for name in config.preset_names(env)]

@@ -104,6 +104,10 @@ class BatchedTaskEnv(ABC):
     max_episode_steps: ClassVar[int]
     reports_success: ClassVar[bool] = False
     """Whether :meth:`step` sets :attr:`success` (Meta-World's ``info["success"]``)."""
+    expensive_step: ClassVar[bool] = False
+    """Whether a step costs enough (physics: MuJoCo, Meta-World) that ``metarl train`` samples
+    whole episodes in worker processes (``--sampler-workers``); cheap numpy families sample in
+    the training process, where a worker's messages would cost more than the steps."""
 
     def __init__(self, num_envs: int) -> None:
         if num_envs < 1:

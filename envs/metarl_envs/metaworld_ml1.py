@@ -88,6 +88,7 @@ class BatchedML1(BatchedTaskEnv):
     action_space = gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
     max_episode_steps = MAX_PATH_LENGTH
     reports_success = True
+    expensive_step = True
 
     def __init__(self, num_envs: int) -> None:
         super().__init__(num_envs)

@@ -39,6 +39,7 @@ class BatchedMujocoEnv(BatchedTaskEnv):
     model_file: ClassVar[str]
     frame_skip: ClassVar[int] = 5
     reset_noise: ClassVar[float] = 0.1
+    expensive_step: ClassVar[bool] = True
     task_keys: ClassVar[tuple[str, ...]]
 
     def __init__(self, num_envs: int) -> None:

@@ -86,6 +86,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "hidden_sizes": (lambda v: all(h >= 1 for h in v), "(each >= 1)"),
     "save_every": (lambda v: v >= 1, ">= 1"),
     "threads": (lambda v: v >= 0, ">= 0 (0: one per core)"),
+    "sampler_workers": (lambda v: v >= 0, ">= 0 (0: one per core)"),
 }
 
 

@@ -119,6 +119,10 @@ class TrainConfig:
     """Worker threads per process; 0 for the machine's cores divided among torchrun's local
     processes (never more threads than cores). Each meta-batch's tasks are split among them;
     torch itself runs one thread, as OpenMP's thread teams stall on a busy machine."""
+    sampler_workers: int = 0
+    """Worker processes that sample whole episodes, for families whose step is expensive
+    (MuJoCo, Meta-World); 0 for the cores divided among torchrun's local processes, 1 to sample
+    in this process. The same seed gives the same run whatever the number."""
     metrics_csv: Path | None = None
     """CSV of per-iteration metrics; defaults to ``<out>.metrics.csv`` beside the checkpoint."""
     tensorboard: bool = True

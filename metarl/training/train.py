@@ -42,8 +42,8 @@ from metarl.core.checkpoint import Checkpoint
 from metarl.core.errors import UsageError, UserError, debug_requested, reported
 from metarl.core.inner_loop import InnerLoopConfig
 from metarl.core.policies import Params
-from metarl.core.sampling import episode_returns, sample_episodes, with_horizon
-from metarl.training import config, distributed, trainer_state
+from metarl.core.sampling import episode_returns, with_horizon
+from metarl.training import config, distributed, parallel_sampling, trainer_state
 from metarl.training.algorithms import maml, metasgd, trpo
 from metarl.training.lineage import WarmStartError
 from metarl.training.options import TrainConfig
@@ -195,6 +195,10 @@ def _train(
     share = ctx.task_share(cfg.meta_batch_size)
     num_local = share.stop - share.start
     env = with_horizon(batched_cls(num_local * cfg.episodes_per_task), cfg.max_episode_steps)
+    # Families whose step is expensive sample in worker processes (whole episodes per worker).
+    pool = parallel_sampling.training_pool(
+        batched_cls, cfg.sampler_workers, ctx.local_world_size, cfg.max_episode_steps
+    )
 
     ckpt = Checkpoint(
         name=cfg.name or default_name(cfg.env),
@@ -257,9 +261,9 @@ def _train(
         tasks = all_tasks[share]
 
         # 2. Pre-update episodes with theta; theta'_i from the inner loop the server runs.
-        pre = sample_episodes(
-            env, spec, detached(theta), tasks, cfg.episodes_per_task,
-            task_rngs=task_rngs(cfg.seed, it, 0, share),
+        pre = parallel_sampling.sample(
+            pool, env, spec, detached(theta), tasks, cfg.episodes_per_task,
+            task_rngs(cfg.seed, it, 0, share),
         )  # fmt: skip
         pre_batch = inner_loop.prepare(pre, inner)
         lr: float | Params = detached(rates) if rates is not None else inner.lr
@@ -270,9 +274,9 @@ def _train(
             )  # fmt: skip
 
         # 3. Post-update episodes with each theta'_i: the data the meta-objective is measured on.
-        post = sample_episodes(
-            env, spec, adapted, tasks, cfg.episodes_per_task,
-            task_rngs=task_rngs(cfg.seed, it, 1, share),
+        post = parallel_sampling.sample(
+            pool, env, spec, adapted, tasks, cfg.episodes_per_task,
+            task_rngs(cfg.seed, it, 1, share),
         )  # fmt: skip
 
         # 4. The meta-objective of this meta-batch, differentiated through the inner loop

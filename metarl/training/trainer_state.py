@@ -54,7 +54,7 @@ FORMAT_VERSION = 1
 SUFFIX = ".trainer-state"
 STATE_JSON = "state.json"
 STATE_TENSORS = "state.safetensors"
-RUN_CONTROL = ("iterations", "save_every", "threads", "progress", "tensorboard")
+RUN_CONTROL = ("iterations", "save_every", "threads", "sampler_workers", "progress", "tensorboard")
 """Options a resumed run may change; every other one is the run's."""
 _NOT_COMPARED = ("resume", "out", "init_from")
 
