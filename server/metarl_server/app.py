@@ -179,8 +179,8 @@ class ServeConfig:
     --auth-token-file to keep it out of the process list."""
     auth_token_file: Path | None = field(default_factory=env("auth_token_file", None, Path))
     """A file of accepted tokens (for example a mounted secret), one per line: 'TOKEN', or
-    'CLIENT TOKEN' to name the client (its sessions are then its own: other clients get
-    PERMISSION_DENIED). Lines starting with '#' are comments. A file without tokens is refused."""
+    'CLIENT TOKEN' to name the client (its sessions are then its own: to other clients they
+    are NOT_FOUND). Lines starting with '#' are comments. A file without tokens is refused."""
     admin_token_file: Path | None = field(default_factory=env("admin_token_file", None, Path))
     """A file of admin tokens, one per line: only they call ModelAdminService (and they call
     nothing else). Without it, every client token may call ModelAdminService."""
