@@ -164,30 +164,6 @@ def test_a_resumed_run_ends_bit_for_bit_as_an_uninterrupted_one(
     assert files == ["state.json", "state.safetensors"]
 
 
-def test_a_signal_during_an_update_stops_after_it_and_resumes_bit_for_bit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    handler_before = signal.getsignal(signal.SIGINT)
-    begin = trainer_state.Run.begin_update
-
-    def begin_then_interrupt(self: trainer_state.Run) -> None:
-        begin(self)
-        if self.completed == 1:  # Ctrl-C in the middle of iteration 2's outer update
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(trainer_state.Run, "begin_update", begin_then_interrupt)
-    with pytest.raises(trainer_state.TrainingInterrupted) as e:
-        train(tiny(tmp_path / "run", 4, save_every=100))
-    monkeypatch.undo()
-    assert (e.value.iteration, e.value.exit_status) == (2, 130)  # the update finished first
-    assert signal.getsignal(signal.SIGINT) is handler_before
-    assert trainer_state.load_state(tmp_path / "run").iteration == 2
-    resumed = train(TrainConfig(resume=tmp_path / "run", iterations=4))
-    full = train(tiny(tmp_path / "full", 4, save_every=100))
-    assert_same_params(full.params, resumed.params)
-    assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / "run")
-
-
 def test_resume_refusals_name_the_run_and_the_way_out(tmp_path: Path) -> None:
     with pytest.raises(trainer_state.ResumeError, match=r"no trainer state at .*--init-from"):
         train(TrainConfig(resume=BUNDLED))
@@ -212,7 +188,9 @@ def test_resume_refusals_name_the_run_and_the_way_out(tmp_path: Path) -> None:
 
 
 def _wait_for_rows(csv_path: Path, rows: int, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 120
+    """Until the run has logged ``rows`` iterations (a guard of 240 s, under pytest's 300 s
+    timeout, for a machine so loaded that a fresh process takes minutes to import torch)."""
+    deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         if csv_path.is_file() and len(csv_path.read_text().splitlines()) > rows:
             return
@@ -225,6 +203,8 @@ def _wait_for_rows(csv_path: Path, rows: int, proc: subprocess.Popen[str]) -> No
 def test_a_signal_saves_a_resumable_state_that_resumes_bit_for_bit(
     tmp_path: Path, signum: signal.Signals
 ) -> None:
+    """A real signal at whatever moment it lands: every moment of an iteration is safe, as
+    tests/test_stop_anywhere.py shows phase by phase; the stop is at most one phase away."""
     run, ref = tmp_path / "run", tmp_path / "ref"
     proc = subprocess.Popen(
         [sys.executable, "-m", "metarl.cli", "train", *TINY, "--hidden-sizes", "8",
@@ -232,17 +212,25 @@ def test_a_signal_saves_a_resumable_state_that_resumes_bit_for_bit(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
-    _wait_for_rows(run.with_name("run.metrics.csv"), 3, proc)
-    proc.send_signal(signum)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _wait_for_rows(run.with_name("run.metrics.csv"), 3, proc)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
-    assert last.endswith(f"state saved; resume with: metarl train --resume {run}"), last
+    assert last.endswith(
+        f"state saved (a partial checkpoint); resume with: metarl train --resume {run}"
+    ), last
     done = trainer_state.load_state(run).iteration
-    assert done >= 3 and f"after iteration {done}," in last
+    assert done >= 3 and f"after iteration {done} of 100000," in last
     assert len(metric_rows(run)) == 1 + done
     assert load_checkpoint(run).training["iterations"] == done
+    assert load_checkpoint(run).partial
 
     # Resumed to done + 2 == the same command run uninterrupted to done + 2.
     cli.main(["train", "--resume", str(run), "--iterations", str(done + 2)])

@@ -54,6 +54,29 @@ class Checkpoint:
     """How the checkpoint was made (algorithm, iterations, seed, final metrics)."""
     created_at: str = ""
 
+    def progress(self) -> tuple[int, int] | None:
+        """``(iterations done, iterations planned)`` of the run that wrote this checkpoint, from
+        its ``training`` record (``planned_iterations``, or the recipe's ``config.iterations``
+        in a checkpoint written before that key); None when it records neither."""
+        done = self.training.get("iterations")
+        recipe = self.training.get("config")
+        planned = self.training.get(
+            "planned_iterations", recipe.get("iterations") if isinstance(recipe, dict) else None
+        )
+        if isinstance(done, int) and isinstance(planned, int):
+            return done, planned
+        return None
+
+    @property
+    def partial(self) -> bool:
+        """Training stopped before its planned iterations (a signal, a crash after a periodic
+        save): ``training.partial`` of the manifest, else :meth:`progress`."""
+        flag = self.training.get("partial")
+        if isinstance(flag, bool):
+            return flag
+        progress = self.progress()
+        return progress is not None and progress[0] < progress[1]
+
     def manifest(self, params_sha256: str) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,

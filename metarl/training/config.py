@@ -419,11 +419,19 @@ class Resolved:
         layers = [self.preset or "TrainConfig defaults"]
         if self.file is not None:
             layers.append(str(self.file))
-        if self.flags:
-            layers.append("flags " + " ".join(_flag(k) for k in self.flags))
-        values = " ".join(f"{k}={_compact(v)}" for k, v in to_dict(self.config).items())
-        body = textwrap.fill(values, width=100, initial_indent="  ", subsequent_indent="  ")
-        return f"configuration ({' < '.join(layers)}):\n{body}"
+        return describe(self.config, layers, self.flags)
+
+
+def describe(cfg: TrainConfig, layers: Sequence[str], flags: Sequence[str] = ()) -> str:
+    """``configuration (LAYER < ... < flags --a --b):`` and every option, ``key=value`` wrapped
+    (what ``metarl train`` prints on stderr before it starts)."""
+    layers = [*layers, *(["flags " + " ".join(_flag(k) for k in flags)] if flags else [])]
+    values = " ".join(f"{k}={_compact(v)}" for k, v in to_dict(cfg).items())
+    body = textwrap.fill(
+        values, width=100, initial_indent="  ", subsequent_indent="  ",
+        break_long_words=False, break_on_hyphens=False,  # a path stays whole, to copy
+    )  # fmt: skip
+    return f"configuration ({' < '.join(layers)}):\n{body}"
 
 
 def _compact(v: Any) -> str:
@@ -526,6 +534,7 @@ def parse_train_args(
         raise SystemExit(2) from None
     if check is not None:
         check(resolved.config)
-    if int(os.environ.get("RANK", "0")) == 0:
+    # (a resumed run's own configuration is printed once it is read: trainer_state.resolve_resume)
+    if int(os.environ.get("RANK", "0")) == 0 and resolved.config.resume is None:
         print(resolved.describe(), file=sys.stderr, flush=True)
     return resolved.config

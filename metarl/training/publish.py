@@ -9,6 +9,8 @@ verified again there and renamed into ``MODEL_DIR/<name>/<version>`` in one step
 watching the directory (``metarl serve --model-dir``) sees the new version whole or not at all.
 Its manifest takes the published name and version (the server serves a checkpoint under the
 manifest's), and records where it was published from. An existing version is never overwritten.
+A partial checkpoint (its training stopped before its planned iterations: an interrupted run)
+is refused unless ``--allow-partial``; its manifest keeps saying ``partial``.
 
 Without ``--version`` the version is the next one after the newest (in the order of
 :mod:`metarl_client.versions`, the server's): ``1`` for the first, ``4`` after ``3``, ``v1.10``
@@ -79,6 +81,9 @@ class PublishConfig:
     """Gate: episodes per task at each step; default: the candidate's training value (else 20)."""
     threads: int = 1
     """Gate: torch intra-op threads."""
+    allow_partial: bool = False
+    """Publish a partial checkpoint too: one whose training stopped before its planned
+    iterations (interrupted; its manifest says ``partial``). Refused without this flag."""
 
 
 class PublishError(UsageError):
@@ -257,6 +262,13 @@ def publish(cfg: PublishConfig, out: Any = None) -> Path:
         raise PublishError(
             f"{cfg.checkpoint}: {exc}; pass a checkpoint directory written by `metarl train`"
         ) from None
+    if candidate.partial and not cfg.allow_partial:
+        done, planned = candidate.progress() or ("?", "?")
+        raise PublishError(
+            f"{cfg.checkpoint}: a partial checkpoint (training stopped after iteration {done} of "
+            f"{planned}); finish it with `metarl train --resume {source}`, or pass "
+            "--allow-partial to publish it as it is"
+        )
     name = cfg.name or candidate.name
     _check_label(name, "--name")
     if cfg.model_dir.exists() and not cfg.model_dir.is_dir():

@@ -239,10 +239,9 @@ def _train(
         },
     )
     # A resumed run's state, or --init-from's theta; then saves also write the trainer state and
-    # SIGINT / SIGTERM stop with a resumable one (metarl.training.trainer_state).
-    run = trainer_state.Run(
-        cfg, ckpt, theta, rates, optimizer, resumed, is_main=ctx.is_main, spec=spec
-    )
+    # SIGINT / SIGTERM stop at the next safe point (run.safe_point, run.end_iteration) with a
+    # resumable one (metarl.training.trainer_state).
+    run = trainer_state.Run(cfg, ckpt, theta, rates, optimizer, resumed, ctx=ctx, spec=spec)
     log = _MetricsLog(cfg, run.metrics_offset, run.start) if ctx.is_main else None
     run.watch(log)
     progress = cfg.progress and ctx.is_main
@@ -266,18 +265,21 @@ def _train(
             task_rngs(cfg.seed, it, 0, share),
         )  # fmt: skip
         pre_batch = inner_loop.prepare(pre, inner)
+        run.safe_point()
         lr: float | Params = detached(rates) if rates is not None else inner.lr
         with torch.no_grad():
             adapted = maml.adapt_in_shards(
                 spec, detached(theta), pre_batch, lr=lr, steps=inner.steps,
                 workers=workers, shards=threads, lr_scales=inner.lr_scales(inner.steps),
             )  # fmt: skip
+        run.safe_point()
 
         # 3. Post-update episodes with each theta'_i: the data the meta-objective is measured on.
         post = parallel_sampling.sample(
             pool, env, spec, adapted, tasks, cfg.episodes_per_task,
             task_rngs(cfg.seed, it, 1, share),
         )  # fmt: skip
+        run.safe_point()
 
         # 4. The meta-objective of this meta-batch, differentiated through the inner loop
         # (closed forms, see metarl.training.algorithms.derivatives), summed over every
@@ -300,8 +302,8 @@ def _train(
         )  # fmt: skip
         grad = meta.grad()
         outer_loss = meta.reinforce_loss()
+        run.safe_point()  # the last one: from here to end_iteration, a signal waits
 
-        run.begin_update()  # from here to end_update, a signal waits for the save
         # 5. The outer update: Adam on the post-update loss, or a TRPO step.
         kl, ls_steps = float("nan"), 0
         if optimizer is not None:
@@ -355,9 +357,7 @@ def _train(
             bar.set_postfix(shown)
             if lines is not None:
                 lines.show(it, shown)
-            if it % cfg.save_every == 0 or it == cfg.iterations:
-                run.save(it)  # the checkpoint and the trainer state
-        run.end_update(it)
+        run.end_iteration(it)  # the checkpoint and the trainer state every --save-every
     if log is not None:
         log.close()
     return ckpt
@@ -458,8 +458,9 @@ def train_or_exit(cfg: TrainConfig) -> Checkpoint:
     try:
         return train(cfg)
     except trainer_state.TrainingInterrupted as exc:
-        newline = "\n" if sys.stderr.isatty() else ""  # past the progress bar
-        print(f"{newline}metarl train: {exc}", file=sys.stderr, flush=True)
+        if int(os.environ.get("RANK", "0")) == 0:  # (the process that saved; torchrun's others)
+            newline = "\n" if sys.stderr.isatty() else ""  # past the progress bar
+            print(f"{newline}metarl train: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(exc.exit_status) from None
     except (trainer_state.ResumeError, WarmStartError) as exc:
         print(f"metarl train: error: {exc}", file=sys.stderr, flush=True)

@@ -18,10 +18,12 @@ was started with; only the options in :data:`RUN_CONTROL` may be changed (``--it
 train it further); other training flags are ignored with a warning (a warm start with new
 settings is ``--init-from RUN --out NEW``).
 
-A SIGINT (Ctrl-C) or SIGTERM during training stops at once, or, during an outer update and its
-save (which must not be torn), right after it; either way the last completed iteration is saved
-as a resumable state, and :class:`TrainingInterrupted` carries the exit status (130 / 143) and
-the one line that says how to resume.
+A SIGINT (Ctrl-C) or SIGTERM during training only sets a flag; the trainer stops at its next
+safe point (after the phase of the iteration it is in: sampling, the inner loop, the
+meta-gradient; or after the outer update, the metrics and the save), saves the last completed
+iteration as a resumable state whose checkpoint says it is partial, and
+:class:`TrainingInterrupted` carries the exit status (130 / 143) and the one line that says how
+to resume.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from safetensors.torch import load_file, save_file
 from metarl.core.checkpoint import Checkpoint, save_checkpoint
 from metarl.core.errors import UsageError
 from metarl.core.policies import Params
-from metarl.training import config, lineage
+from metarl.training import config, distributed, lineage
 from metarl.training.options import TrainConfig
 
 FORMAT_VERSION = 1
@@ -64,15 +66,15 @@ class ResumeError(UsageError, ValueError):
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on a signal after saving a resumable state."""
+    """Training stopped on a signal after saving a resumable state (a partial checkpoint)."""
 
-    def __init__(self, signum: int, iteration: int, run: Path) -> None:
-        self.signum, self.iteration, self.run = signum, iteration, run
-        self.exit_status = 128 + signum
+    def __init__(self, signum: int, iteration: int, planned: int, run: Path) -> None:
+        self.signum, self.iteration, self.planned, self.run = signum, iteration, planned, run
+        self.exit_status = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as a shell shows
         name = signal.Signals(signum).name
         super().__init__(
-            f"{name}: stopped after iteration {iteration}, state saved; resume with: "
-            f"metarl train --resume {run}"
+            f"{name}: stopped after iteration {iteration} of {planned}, state saved (a partial "
+            f"checkpoint); resume with: metarl train --resume {run}"
         )
 
 
@@ -295,6 +297,7 @@ def resolve_resume(cfg: TrainConfig) -> TrainerState | None:
     saved = _config_from_json(cfg, state.config)
     base = _base_config(cfg)
     ignored: list[str] = []
+    changed: list[str] = []
     for f in dataclasses.fields(cfg):
         if f.name in _NOT_COMPARED or f.name not in saved:
             continue
@@ -303,6 +306,7 @@ def resolve_resume(cfg: TrainConfig) -> TrainerState | None:
             continue
         if f.name in RUN_CONTROL:
             saved[f.name] = given
+            changed.append(f.name)
         else:
             ignored.append(f"--{f.name.replace('_', '-')}")
     if ignored:
@@ -323,7 +327,8 @@ def resolve_resume(cfg: TrainConfig) -> TrainerState | None:
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"metarl train: resuming {run} after iteration {state.iteration} of "
-            f"{cfg.iterations}, with its own settings",
+            f"{cfg.iterations}, with its own settings\n"
+            + config.describe(cfg, [f"the run's own, {state_dir(run) / STATE_JSON}"], changed),
             file=sys.stderr,
             flush=True,
         )
@@ -343,10 +348,18 @@ def restore_signal_handlers() -> None:
 
 
 class Run:
-    """The trainer's saving and stopping: ``save`` writes the checkpoint and the trainer state;
-    between ``begin_update`` and ``end_update`` (the outer update, the metrics and the save) a
-    signal waits, anywhere else it stops training at once with the last completed iteration
-    saved."""
+    """The trainer's saving and stopping.
+
+    :meth:`end_iteration` records a completed iteration and saves on the ``--save-every``
+    schedule (:meth:`save`: the checkpoint and, beside it, the trainer state). A SIGINT or
+    SIGTERM only sets a flag: its handler runs between any two Python bytecodes, inside a
+    ``torch.func`` transform or halfway through a save, where nothing may be written. The loop
+    stops at its next safe point: :meth:`safe_point` between the phases of an iteration (the
+    iteration is dropped; theta and the optimizer are still those of the last completed one),
+    or :meth:`end_iteration` once the outer update, the metrics and the save are done. It saves
+    the last completed iteration there (unless just saved) and raises
+    :class:`TrainingInterrupted`. Under torchrun the processes agree at the end of each
+    iteration (one all-reduce of the flag), so all stop after the same iteration."""
 
     def __init__(
         self,
@@ -357,19 +370,20 @@ class Run:
         optimizer: torch.optim.Optimizer | None,
         resumed: TrainerState | None,
         *,
-        is_main: bool,
+        ctx: distributed.Context,
         spec: Any,
     ) -> None:
         """Restores a resumed run's state into ``theta``, ``rates``, ``optimizer`` and ``ckpt``,
         or warm-starts from ``cfg.init_from``; nothing is written yet."""
         self.cfg, self.ckpt, self.theta, self.rates = cfg, ckpt, theta, rates
-        self.optimizer, self.is_main = optimizer, is_main
+        self.optimizer, self.ctx = optimizer, ctx
         self.metrics_offset = resumed.metrics_offset if resumed is not None else None
         self.log: Any = None
         self.completed = 0
-        self._in_update = False
-        self._pending: int | None = None
-        self._stopping = False
+        self._saved: int | None = None
+        """The iteration whose state is on disk now (None: none of this run's)."""
+        self._signal: int | None = None
+        """The first SIGINT / SIGTERM received, not yet acted on."""
         if resumed is not None:
             self._restore(resumed)
         elif cfg.init_from:
@@ -379,6 +393,7 @@ class Run:
                     rates=rates,
                 )
             )  # fmt: skip
+        self._rng = torch.get_rng_state()  # torch's random state at the last completed iteration
 
     def _restore(self, state: TrainerState) -> None:
         with torch.no_grad():
@@ -396,7 +411,7 @@ class Run:
         if isinstance(fresh.get("config"), dict):
             fresh["config"] = {**fresh["config"], "resume": None}
         self.ckpt.training = {**state.training, **fresh}
-        self.completed = state.iteration
+        self.completed = self._saved = state.iteration
 
     @property
     def start(self) -> int:
@@ -404,8 +419,8 @@ class Run:
         return self.completed
 
     def watch(self, log: Any) -> None:
-        """From now on, a SIGINT or SIGTERM stops training with a resumable state (``log``: the
-        metrics log whose position the state records)."""
+        """From now on, a SIGINT or SIGTERM stops training at the next safe point with a
+        resumable state (``log``: the metrics log whose position the state records)."""
         self.log = log
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
@@ -413,16 +428,26 @@ class Run:
             _previous_handlers.setdefault(signum, signal.getsignal(signum))
             signal.signal(signum, self._on_signal)
 
-    def save(self, iteration: int) -> None:
-        """Writes the checkpoint and, beside it, the trainer state (first process only)."""
-        if not self.is_main:
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._signal is None:  # (a second one changes nothing: the stop is near)
+            self._signal = signum
+
+    def save(self) -> None:
+        """Writes the checkpoint and, beside it, the trainer state of the last completed
+        iteration (first process only). The manifest says whether the run's planned iterations
+        are all done (``training.partial``, ``iterations`` of ``planned_iterations``)."""
+        if not self.ctx.is_main:
             return
+        done, planned = self.completed, self.cfg.iterations
+        self.ckpt.training.update(
+            iterations=done, planned_iterations=planned, partial=done < planned
+        )
         config = {**_plain(dataclasses.asdict(self.cfg)), "name": self.ckpt.name}
         config["version"] = self.ckpt.version
         metrics_path = getattr(self.log, "path", None)
         save_state(
             TrainerState(
-                iteration=iteration,
+                iteration=done,
                 config=config,
                 training=self.ckpt.training,
                 metrics_csv=None if metrics_path is None else str(metrics_path),
@@ -430,35 +455,35 @@ class Run:
                 params=self.theta,
                 rates=self.rates,
                 optimizer=self.optimizer.state_dict() if self.optimizer is not None else None,
-                torch_rng=torch.get_rng_state(),
+                torch_rng=self._rng,
             ),
             self.cfg.out,
         )
         save_checkpoint(self.ckpt, self.cfg.out)
+        self._saved = done
 
-    def begin_update(self) -> None:
-        self._in_update = True
+    def safe_point(self) -> None:
+        """Between two phases of an iteration: stops here if a signal came (one process; under
+        torchrun the processes stop together at the end of the iteration)."""
+        if self._signal is not None and not self.ctx.enabled:
+            self._stop(self._signal)
 
-    def end_update(self, iteration: int) -> None:
-        """Iteration ``iteration`` is complete; stops now if a signal came during its update."""
-        self._in_update = False
+    def end_iteration(self, iteration: int) -> None:
+        """Iteration ``iteration`` is complete (its update, metrics and log row): saves on the
+        ``--save-every`` schedule and at the last iteration, then stops if a signal came
+        before the last."""
         self.completed = iteration
-        if self._pending is not None:
-            self._stop(self._pending)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self._stopping:
-            return  # already saving
-        if self._in_update:
-            self._pending = signum
-            return
-        self._stop(signum)
+        self._rng = torch.get_rng_state()
+        if iteration % self.cfg.save_every == 0 or iteration == self.cfg.iterations:
+            self.save()
+        asked = self._signal is not None
+        if self.ctx.enabled:  # did any process get one? (all stop after this iteration)
+            asked = bool(self.ctx.sum_(torch.tensor([float(asked)])).item())
+        if asked and iteration < self.cfg.iterations:
+            self._stop(self._signal or signal.SIGTERM)
 
     def _stop(self, signum: int) -> None:
-        self._stopping = True  # a second Ctrl-C while saving is ignored: the save is short
-        try:
-            if self.completed < self.cfg.iterations:  # (the last iteration has saved already)
-                self.save(self.completed)
-        finally:
-            restore_signal_handlers()
-        raise TrainingInterrupted(signum, self.completed, Path(self.cfg.out))
+        restore_signal_handlers()
+        if self._saved != self.completed:
+            self.save()
+        raise TrainingInterrupted(signum, self.completed, self.cfg.iterations, Path(self.cfg.out))
