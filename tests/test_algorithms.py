@@ -17,7 +17,7 @@ from metarl.core.inner_loop import InnerLoopConfig
 from metarl.core.policies import Params, PolicySpec
 from metarl.core.sampling import sample_episodes
 from metarl.training import distributed
-from metarl.training.algorithms import maml, trpo
+from metarl.training.algorithms import derivatives, maml, trpo
 from metarl.training.algorithms.derivatives import InnerLoopJacobian
 from metarl.training.algorithms.flat import flatten, unflatten
 from metarl.training.train import TrainConfig, train
@@ -261,6 +261,52 @@ def test_closed_form_jacobian_reproduces_the_inner_loop() -> None:
     again = {k: p - 0.3 * last.grad[k] for k, p in last.tape.params.items()}
     for name in adapted:
         torch.testing.assert_close(again[name], adapted[name])
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "categorical"])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_first_layer_shortcuts_give_what_backpropagation_gives(
+    distribution: str, activation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The products' shortcuts through layer 0 (the inner Hessian's moments of layer 0, the
+    output's Jacobian in layer 0's pre-activation for the Fisher) are the same algebra as
+    backpropagating through layer 1: meta-gradient and KL curvature agree to float64 rounding,
+    for REINFORCE and LVC inner Hessians and with learned rates (Meta-SGD). In float32 the
+    two routes agree to float32 rounding. (The autograd and finite-difference tests above run
+    with the shortcuts, which are on by default for these small observations and outputs.)"""
+    spec, theta, pre, post = problem(distribution, activation)
+    gen = torch.Generator().manual_seed(3)
+    rates = {k: 0.2 + 0.1 * torch.rand(v.shape, generator=gen, dtype=F64) for k, v in theta.items()}
+
+    def objectives() -> list[maml.MetaObjective]:
+        return [
+            meta_objective(spec, theta, None, pre, post, steps=2),
+            meta_objective(spec, theta, None, pre, post, steps=1, inner_estimator="lvc"),
+            meta_objective(spec, theta, rates, pre, post, steps=2),
+        ]
+
+    fast = objectives()
+    assert all(s.moments is not None for s in fast[0].shards[0].jacobian.steps)
+    assert fast[0].shards[0].post.out_jac is not None
+    monkeypatch.setattr(derivatives, "FIRST_LAYER_MAX_INPUTS", 0)
+    monkeypatch.setattr(derivatives, "OUTPUT_JACOBIAN_MAX_OUTPUTS", 0)
+    plain = objectives()
+    assert all(s.moments is None for s in plain[0].shards[0].jacobian.steps)
+    assert plain[0].shards[0].post.out_jac is None
+    for f, p in zip(fast, plain, strict=True):
+        v = torch.randn(f.x.shape, generator=gen, dtype=F64)
+        torch.testing.assert_close(f.grad(), p.grad(), rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(f.kl_hvp(v), p.kl_hvp(v), rtol=1e-10, atol=1e-13)
+
+    th32, pre32, post32 = derivatives.converted([theta, pre, post], torch.float32)
+    monkeypatch.setattr(derivatives, "FIRST_LAYER_MAX_INPUTS", 8)
+    monkeypatch.setattr(derivatives, "OUTPUT_JACOBIAN_MAX_OUTPUTS", 4)
+    fast32 = meta_objective(spec, th32, None, pre32, post32, steps=2)
+    monkeypatch.setattr(derivatives, "FIRST_LAYER_MAX_INPUTS", 0)
+    monkeypatch.setattr(derivatives, "OUTPUT_JACOBIAN_MAX_OUTPUTS", 0)
+    plain32 = meta_objective(spec, th32, None, pre32, post32, steps=2)
+    v = torch.randn(fast32.x.shape, generator=gen)
+    torch.testing.assert_close(fast32.kl_hvp(v), plain32.kl_hvp(v), rtol=1e-4, atol=1e-6)
 
 
 def test_conjugate_gradient_solves_a_spd_system() -> None:

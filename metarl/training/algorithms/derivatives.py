@@ -17,6 +17,14 @@ and every product is a few batched matmuls (forward-over-reverse by hand): three
 faster per product (``benchmarks/train_speed.py`` measures it), and the products are most of a
 TRPO step.
 
+Where the observations and the outputs are few (2D navigation: 2 and 2), two more shortcuts
+cut the products' ``hidden x hidden`` matmuls per sample from 16 to 10: the inner Hessian's
+terms that pair the primal backward signal with layer 0's tangent come from moments computed
+once (:func:`_first_layer_moments`), and the Fisher reaches layer 0 through the output's
+Jacobian in layer 0's pre-activation (:meth:`MLPTape.output_jacobian`) instead of through layer
+1. Both are the same algebra; the tests compare them with the plain route, autograd and finite
+differences.
+
 Nothing here computes ``theta'`` for training or serving: that stays
 :func:`metarl.core.inner_loop.adapt`. This module only linearizes it (and the tests check the two
 agree, and that the products match autograd and finite differences).
@@ -81,11 +89,12 @@ class MLPTape:
                 x = torch.relu(z)
                 self.dphi.append((z > 0).to(z.dtype))
 
-    def jvp(self, dparams: Params) -> tuple[Tensor, list[Tensor]]:
-        """Tangent of the output along ``dparams`` (stacked), and of each hidden activation."""
+    def jvp(self, dparams: Params, start: int = 0) -> tuple[Tensor, list[Tensor]]:
+        """Tangent of the output along ``dparams`` (stacked), and of each hidden activation
+        from layer ``start`` on; ``start`` > 0 leaves out the earlier layers' parameters."""
         dx: Tensor | None = None
         dhidden: list[Tensor] = []
-        for i in range(self.layers):
+        for i in range(start, self.layers):
             dw, db = dparams[_weight(i)], dparams[_bias(i)]
             dz = torch.baddbmm(db.unsqueeze(1), self.inputs[i], dw.transpose(1, 2))
             if dx is not None:
@@ -96,21 +105,41 @@ class MLPTape:
             dhidden.append(dx)
         raise AssertionError("unreachable")
 
-    def vjp(self, g_out: Tensor) -> tuple[Params, list[Tensor], list[Tensor]]:
+    def vjp(self, g_out: Tensor, first: int = 0) -> tuple[Params, list[Tensor], list[Tensor]]:
         """Parameter gradients (stacked) for output cotangent ``g_out``, with the backpropagated
-        signals: ``deltas[l]`` at layer l's pre-activation, ``gh[l]`` at layer l's input."""
+        signals: ``deltas[l]`` at layer l's pre-activation, ``gh[l]`` at layer l's input. Only
+        layers ``first`` and later (``gh[first]`` is not computed)."""
         grads: Params = {}
         deltas: list[Tensor] = [g_out] * self.layers
         gh: list[Tensor] = [g_out] * self.layers
         delta = g_out
-        for i in reversed(range(self.layers)):
+        for i in reversed(range(first, self.layers)):
             deltas[i] = delta
             grads[_weight(i)] = _outer_sum(delta, self.inputs[i])
             grads[_bias(i)] = delta.sum(1)
-            if i > 0:
+            if i > first:
                 gh[i] = torch.bmm(delta, self.params[_weight(i)])
                 delta = gh[i] * self.dphi[i - 1]
         return self.in_order(grads), deltas, gh
+
+    def first_layer_tangent(self, dparams: Params) -> Tensor:
+        """Tangent of layer 0's pre-activation along its parameters in ``dparams``."""
+        w, b = dparams[_weight(0)], dparams[_bias(0)]
+        return torch.baddbmm(b.unsqueeze(1), self.inputs[0], w.transpose(1, 2))
+
+    def output_jacobian(self) -> list[Tensor]:
+        """``d out_k / d z_0`` per sample for every output k, ``[K, N, hidden_0]`` each (``z_0``
+        layer 0's pre-activation): one backward pass per output, once, after which the part of a
+        product that flows through layer 0 costs a few elementwise passes instead of the two
+        ``hidden_0 x hidden_1`` matmuls per sample that backpropagation through layer 1 takes."""
+        last = self.layers - 1
+        jac = []
+        for k in range(self.out.shape[-1]):
+            delta = self.params[_weight(last)][:, k, :].unsqueeze(1) * self.dphi[last - 1]
+            for i in range(last - 1, 0, -1):
+                delta = torch.bmm(delta, self.params[_weight(i)]).mul_(self.dphi[i - 1])
+            jac.append(delta)
+        return jac
 
     def in_order(self, grads: Params) -> Params:
         """``grads`` with keys in the order of the parameters (they are filled back to front)."""
@@ -182,6 +211,38 @@ class _Head:
         return p * dz - p * (p * dz).sum(-1, keepdim=True)
 
 
+# Where the closed forms below take the first layer's shortcuts (:func:`_first_layer_moments`,
+# :meth:`MLPTape.output_jacobian`): observations of at most this many dimensions, and at most
+# this many network outputs. Each shortcut costs one pass per input (output) dimension once and
+# saves two matmuls per product. The tests set them to 0 to check both routes agree.
+FIRST_LAYER_MAX_INPUTS = 8
+OUTPUT_JACOBIAN_MAX_OUTPUTS = 4
+
+
+def _first_layer_moments(tape: MLPTape, deltas: list[Tensor]) -> Tensor | None:
+    """``G[c] = sum_n delta1_n (phi0'_n x_nc)^T`` per task, ``[K, in + 1, hidden_1, hidden_0]``
+    (``x_n`` the observation with a trailing 1, ``delta1`` the backpropagated signal at layer 1's
+    pre-activation, ``phi0'`` layer 0's activation derivative), or None where no shortcut applies.
+
+    In a Hessian-vector product two of the ``hidden_1 x hidden_0`` matmuls per sample only
+    pair the primal ``delta1`` with a tangent of layer 0's output, ``phi0' * (x V0^T)``, or pull
+    ``delta1 V1`` back into layer 0's gradient: both are linear in ``G`` and the 3-row layer-0
+    tangent ``V0`` (or ``V1``), so with ``G`` computed once they cost a few small products."""
+    x = tape.inputs[0]
+    if tape.layers < 2 or x.shape[-1] + 1 > FIRST_LAYER_MAX_INPUTS:
+        return None
+    delta1, dphi0 = deltas[1], tape.dphi[0]
+    moments = [_outer_sum(delta1, dphi0 * x[..., c : c + 1]) for c in range(x.shape[-1])]
+    moments.append(_outer_sum(delta1, dphi0))
+    return torch.stack(moments, 1)
+
+
+def _layer0_columns(v: Params, inputs: int) -> list[Tensor]:
+    """The columns of layer 0's weight tangent, then its bias tangent: ``[K, hidden_0]`` each."""
+    w = v[_weight(0)]
+    return [w[..., c] for c in range(inputs)] + [v[_bias(0)]]
+
+
 def _hessian_vector(
     tape: MLPTape,
     head: _Head,
@@ -191,11 +252,14 @@ def _hessian_vector(
     curv: list[Tensor | None],
     v: Params,
     lvc: bool = False,
+    moments: Tensor | None = None,
 ) -> Params:
     """Hessian of the weighted loss ``sum_n w_n * -log pi_n`` (in the parameters) times ``v``:
     forward-mode over the backward pass, reusing the primal quantities of ``tape``. With ``lvc``,
     that of ``sum_n w_n * -pi_n / stop_gradient(pi_n)`` instead (same value and gradient at the
-    current parameters; its Hessian has ``- sum_n w_n s_n s_n^T`` more, ``s_n`` the score)."""
+    current parameters; its Hessian has ``- sum_n w_n s_n s_n^T`` more, ``s_n`` the score). With
+    ``moments`` (:func:`_first_layer_moments`) the terms of the primal ``delta1`` against layer
+    0's tangent come from them instead of from per-sample matmuls."""
     dout, dhidden = tape.jvp(v)
     ddelta, dlog_std = head.hvp(w, dout, v.get("log_std"))
     if lvc:
@@ -204,13 +268,27 @@ def _hessian_vector(
         if dlog_std is not None and extra_log_std is not None:
             dlog_std = dlog_std - extra_log_std
     out: Params = {}
+    layer0_extra: list[Tensor] = []
     for i in reversed(range(tape.layers)):
         dw = _outer_sum(ddelta, tape.inputs[i])
-        out[_weight(i)] = dw + _outer_sum(deltas[i], dhidden[i - 1]) if i > 0 else dw
+        if i == 1 and moments is not None:
+            # sum_n delta1_n dh0_n^T with dh0 = phi0' * (x V0^T): sum_c G[c] * V0[:, c] (rows).
+            for j, col in enumerate(_layer0_columns(v, moments.shape[1] - 1)):
+                dw.addcmul_(moments[:, j], col.unsqueeze(1))
+            # delta1 V1, pulled back through phi0' into layer 0's gradient: sum_m V1 * G[c].
+            v1 = v[_weight(1)]
+            layer0_extra = [(moments[:, j] * v1).sum(1) for j in range(moments.shape[1])]
+            out[_weight(i)] = dw
+        else:
+            out[_weight(i)] = dw + _outer_sum(deltas[i], dhidden[i - 1]) if i > 0 else dw
         out[_bias(i)] = ddelta.sum(1)
+        if i == 0 and layer0_extra:
+            out[_weight(0)] = out[_weight(0)] + torch.stack(layer0_extra[:-1], -1)
+            out[_bias(0)] = out[_bias(0)] + layer0_extra[-1]
         if i > 0:
             dgh = torch.bmm(ddelta, tape.params[_weight(i)])
-            dgh.baddbmm_(deltas[i], v[_weight(i)])
+            if not (i == 1 and moments is not None):
+                dgh.baddbmm_(deltas[i], v[_weight(i)])
             ddelta = dgh.mul_(tape.dphi[i - 1])
             c = curv[i]
             if c is not None:  # the activation's second derivative: tanh'' = -2 tanh tanh'
@@ -238,11 +316,13 @@ class _InnerStep:
         if spec.activation == "tanh":
             for i in range(1, self.tape.layers):
                 self.curv[i] = -2.0 * self.tape.inputs[i] * self.gh[i]
+        self.moments = _first_layer_moments(self.tape, self.deltas)
 
     def hvp(self, v: Params) -> Params:
         return _hessian_vector(
-            self.tape, self.head, self.w, self.deltas, self.gh, self.curv, v, self.lvc
-        )
+            self.tape, self.head, self.w, self.deltas, self.gh, self.curv, v, self.lvc,
+            self.moments,
+        )  # fmt: skip
 
 
 def _scale(lr: float | Params, name: str, x: Tensor) -> Tensor:
@@ -361,6 +441,36 @@ class PostUpdateObjective:
         self.tape = MLPTape(spec, {k: v.detach() for k, v in adapted.items()}, batch.observations)
         self.head = _Head(spec, self.tape, batch.actions)
         self.old_logp = _log_prob(spec, self.tape.params, self.tape.out, batch.actions)
+        # d out / d z0 per sample (MLPTape.output_jacobian), where it pays: then the products
+        # skip backpropagating through layer 1 into layer 0 (and the tangent's way back out).
+        self.out_jac: list[Tensor] | None = None
+        if self.tape.layers >= 3 and self.tape.out.shape[-1] <= OUTPUT_JACOBIAN_MAX_OUTPUTS:
+            self.out_jac = self.tape.output_jacobian()
+
+    def _pull_back(self, g_out: Tensor, g_log_std: Tensor | None) -> Params:
+        """Parameter gradients (stacked) for output cotangent ``g_out`` (and of ``log_std``)."""
+        if self.out_jac is None:
+            grads, _, _ = self.tape.vjp(g_out)
+        else:
+            grads, _, _ = self.tape.vjp(g_out, first=1)
+            delta0 = g_out[..., 0:1] * self.out_jac[0]
+            for k in range(1, len(self.out_jac)):
+                delta0.addcmul_(g_out[..., k : k + 1], self.out_jac[k])
+            grads[_weight(0)] = _outer_sum(delta0, self.tape.inputs[0])
+            grads[_bias(0)] = delta0.sum(1)
+            grads = self.tape.in_order(grads)
+        if g_log_std is not None:
+            grads["log_std"] = g_log_std
+        return grads
+
+    def _push_forward(self, u: Params) -> Tensor:
+        """Tangent of the output along ``u`` (stacked)."""
+        if self.out_jac is None:
+            return self.tape.jvp(u)[0]
+        dz0 = self.tape.first_layer_tangent(u)
+        dout, _ = self.tape.jvp(u, start=1)
+        through_layer0 = [torch.linalg.vecdot(jac, dz0) for jac in self.out_jac]
+        return dout + torch.stack(through_layer0, -1)
 
     def reinforce_loss(self) -> Tensor:
         """MAML's post-update loss, ``mean_i mean_t -log pi_old(a_t|s_t) A_t`` (its gradient is
@@ -373,21 +483,13 @@ class PostUpdateObjective:
 
     def grad(self) -> Params:
         """Gradient of the surrogate with respect to each task's adapted parameters (stacked)."""
-        g_out, g_log_std = self.head.grad(-self.w * self.batch.advantages)
-        grads, _, _ = self.tape.vjp(g_out)
-        if g_log_std is not None:
-            grads["log_std"] = g_log_std
-        return grads
+        return self._pull_back(*self.head.grad(-self.w * self.batch.advantages))
 
     def fvp(self, u: Params) -> Params:
         """Fisher of the adapted policies on the post-update observations times ``u`` (stacked):
         the Hessian of the mean KL with respect to the adapted parameters, at the old ones."""
-        dout, _ = self.tape.jvp(u)
-        g_out, g_log_std = self.head.fisher(self.w, dout, u.get("log_std"))
-        grads, _, _ = self.tape.vjp(g_out)
-        if g_log_std is not None:
-            grads["log_std"] = g_log_std
-        return grads
+        dout = self._push_forward(u)
+        return self._pull_back(*self.head.fisher(self.w, dout, u.get("log_std")))
 
     @torch.no_grad()
     def evaluate(self, adapted: Params) -> tuple[Tensor, Tensor]:
