@@ -22,21 +22,36 @@ from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.proto.metarl.v1 import policy_service_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-# `python -m metarl_server`, with the policy load held back (after the port opened) until the
-# file named by $RELEASE exists: the test surely calls while the server is still loading,
-# whatever the machine's speed.
+# `python -m metarl_server` whose policies, once loaded, are held back (the server still
+# refusing calls as loading) until the file $RELEASE exists; it touches $LOADED when loaded and
+# appends the user agent of every call it refuses to $REFUSED. So the test calls while the
+# server is loading, and releases it only once the SDK's first attempt was refused: whatever
+# the machine's speed, the SDK meets a loading server and rides it out.
 HELD_SERVER = """
 import os, time
+import grpc
 import metarl_server.app as app
+import metarl_server.interceptors as interceptors
 from metarl_server.__main__ import main
-build_into = app.build_into
+build_into, unavailable = app.build_into, interceptors._unavailable
 def held_build_into(registry, cfg):
+    loaded = build_into(registry, cfg)
+    open(os.environ["LOADED"], "w").close()
     while not os.path.exists(os.environ["RELEASE"]):
         time.sleep(0.01)
-    return build_into(registry, cfg)
-app.build_into = held_build_into
+    return loaded
+def recorded_unavailable(message):
+    refuse = unavailable(message).stream_stream
+    def recorded(request_iterator, context):
+        agent = dict(context.invocation_metadata()).get("user-agent", "")
+        with open(os.environ["REFUSED"], "a") as f:
+            f.write(agent.split(" ")[0] + "\\n")
+        return refuse(request_iterator, context)
+    return grpc.stream_stream_rpc_method_handler(recorded)
+app.build_into, interceptors._unavailable = held_build_into, recorded_unavailable
 main()
 """
+SDK_AGENT = "sdk-user"
 
 
 def _free_port() -> int:
@@ -61,21 +76,22 @@ def test_calls_from_the_instant_the_port_opens_are_unavailable_until_loaded(
     tmp_path: Path,
 ) -> None:
     port = _free_port()
-    release = tmp_path / "release"
+    release, loaded, refused_log = tmp_path / "release", tmp_path / "loaded", tmp_path / "refused"
     proc = subprocess.Popen(
         [sys.executable, "-c", HELD_SERVER, "--port", str(port)],
         cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "METARL_GRACE": "1", "RELEASE": str(release)},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "METARL_GRACE": "1", "RELEASE": str(release),
+             "LOADED": str(loaded), "REFUSED": str(refused_log)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     target = f"localhost:{port}"
     sdk_results: list[Any] = []
 
-    # a client that starts with its server: the SDK's retry policy (with the server's pushback:
-    # 7.5 s in all) rides the load out (~1 s on a quiet machine, 4 s on a busy one)
+    # a client that meets the loading server (its first attempt refused): the SDK's retry
+    # policy (with the server's pushback) rides it out
     def sdk_user() -> None:
         try:
-            with PolicyClient(target) as client:
+            with PolicyClient(target, options=[("grpc.primary_user_agent", SDK_AGENT)]) as client:
                 session = client.create_session("cartpole-family", seed=0)
                 sdk_results.append((session.id, client.list_policies()))
         except Exception as exc:  # reported by the assertion below
@@ -84,18 +100,20 @@ def test_calls_from_the_instant_the_port_opens_are_unavailable_until_loaded(
     try:
         _wait_for_port(port, proc)
         sdk = threading.Thread(target=sdk_user)
-        sdk.start()
         # a raw channel without retries sees each answer
         with grpc.insecure_channel(target, options=[("grpc.enable_retries", 0)]) as channel:
             s = pb_grpc.PolicyServiceStub(channel)
             health = health_pb2_grpc.HealthStub(channel)
             refused: list[tuple[str, grpc.StatusCode, str]] = []
             health_while_refusing = set()
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 120
             while True:
                 assert time.monotonic() < deadline, "never served"
-                if health_while_refusing:  # one round of calls while held: now let it load
-                    release.touch()
+                if health_while_refusing and not release.exists():  # (raw calls refused)
+                    if loaded.exists() and not sdk.is_alive() and not sdk_results:
+                        sdk.start()  # the SDK's budget starts now, with the load done
+                    if refused_log.exists() and SDK_AGENT in refused_log.read_text().split():
+                        release.touch()  # the SDK's first attempt met the loading server
                 try:
                     policies = s.ListPolicies(pb.ListPoliciesRequest(), timeout=5).policies
                     created = s.CreateSession(
@@ -112,6 +130,7 @@ def test_calls_from_the_instant_the_port_opens_are_unavailable_until_loaded(
                     refused.append(("StreamAct", err.code(), err.details()))
                 status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
                 health_while_refusing.add(status)
+                time.sleep(0.02)
         assert refused, "the load was held: the first calls must have been refused"
         for what, code, details in refused:
             if what == "StreamAct" and code == grpc.StatusCode.NOT_FOUND:
