@@ -11,6 +11,7 @@ later, so every case is deterministic."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,14 +19,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from metarl.cli import main as cli_main
-from metarl.core import inner_loop
+from metarl.core import inner_loop, policies
 from metarl.core.checkpoint import Checkpoint, bundled_checkpoints_dir, load_checkpoint
 from metarl.core.inner_loop import InnerLoopConfig
 from metarl.core.policies import PolicySpec
+from metarl.envs.cartpole_family import BatchedCartPoleFamily
 from metarl.training import parallel_sampling, trainer_state
 from metarl.training import train as train_module
 from metarl.training.algorithms import maml, trpo
@@ -319,3 +322,30 @@ def test_under_torchrun_a_sigterm_stops_every_process_after_the_same_iteration(
     ], err[-3000:]
     assert done >= 3 and load_checkpoint(run).progress() == (done, 100000)
     assert len(metric_rows(run)) == 1 + done
+
+
+def test_the_sampler_workers_leave_a_signal_to_the_trainer() -> None:
+    """Ctrl-C in a terminal reaches the whole process group, the sampler's worker processes
+    too (families with an expensive step): they ignore it, and sampling goes on until the
+    trainer's next safe point."""
+    tasks = BatchedCartPoleFamily.sample_tasks(2, np.random.default_rng(0))
+    params = policies.init_params(SPEC, torch.Generator().manual_seed(0))
+
+    def draw(pool: parallel_sampling.SamplerPool) -> Any:
+        rngs = [np.random.default_rng(i) for i in range(2)]
+        return pool.sample(SPEC, params, tasks, 2, rngs)[0]
+
+    with parallel_sampling.SamplerPool(BatchedCartPoleFamily, 1) as here:
+        expected = draw(here)
+    with parallel_sampling.SamplerPool(BatchedCartPoleFamily, 2) as pool:
+        assert pool.worker_torch_threads() == [1, 1]  # (the workers are up)
+        assert pool._executor is not None
+        workers = list(pool._executor._processes.values())
+        for process in workers:
+            assert process.pid is not None
+            os.kill(process.pid, signal.SIGINT)
+            os.kill(process.pid, signal.SIGTERM)
+        got = draw(pool)
+        assert all(process.is_alive() for process in workers)
+    for a, b in zip(expected, got, strict=True):
+        assert torch.equal(a, b)

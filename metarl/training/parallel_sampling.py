@@ -23,11 +23,13 @@ meta-batch's tasks.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import os
+import signal
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -77,8 +79,30 @@ class _Result:
     rng_states: list[dict[str, Any]]
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _init_worker() -> None:
     torch.set_num_threads(1)
+    # Ctrl-C in a terminal (or a scheduler's SIGTERM to the job's process group) reaches the
+    # workers too: the trainer alone decides when to stop (at its next safe point, saving), then
+    # shuts the pool down; a worker that died of it would break the sampling the save waits for.
+    # A worker starts with them blocked (_spawning), so none is lost to it before this point.
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def _spawning() -> Iterator[None]:
+    """Submits to the pool, which starts its workers on demand: they inherit this thread's
+    blocked SIGINT / SIGTERM until :func:`_init_worker` ignores them (one that arrives here in
+    the meantime is handled right after)."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _env(batched_cls: type[BatchedTaskEnv], num_envs: int, horizon: int) -> BatchedTaskEnv:
@@ -200,7 +224,9 @@ class SamplerPool:
         if self._executor is None:
             per_share = [_sample_share(share) for share in shares]
         else:
-            per_share = list(self._executor.map(_sample_share, shares))
+            with _spawning():
+                futures = [self._executor.submit(_sample_share, share) for share in shares]
+            per_share = [future.result() for future in futures]
         results = [r for share_results in per_share for r in share_results]
         for rng, result in zip(task_rngs, results, strict=True):
             rng.bit_generator.state = result.rng_states[0]  # the caller's generators, advanced
@@ -210,7 +236,8 @@ class SamplerPool:
         """``torch.get_num_threads()`` as the workers see it (this process's with no pool)."""
         if self._executor is None:
             return [torch.get_num_threads()]
-        futures = [self._executor.submit(torch.get_num_threads) for _ in range(self.workers)]
+        with _spawning():
+            futures = [self._executor.submit(torch.get_num_threads) for _ in range(self.workers)]
         return [f.result() for f in futures]
 
     def close(self) -> None:
