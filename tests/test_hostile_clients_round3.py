@@ -6,10 +6,12 @@ without stalling adaptations."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
+import socket
 import string
 import threading
 import time
@@ -380,3 +382,65 @@ def test_an_adapt_is_answered_while_a_slow_load_is_in_progress(tmp_path: Path) -
         loading.join(60)
         server.stop(None).wait(30)
     assert not loading.is_alive()
+
+
+class SlowProxy:
+    """A TCP proxy that passes the client's bytes on at ~80 KB/s (the server's at full speed):
+    a client whose request body dribbles in."""
+
+    def __init__(self, port: int) -> None:
+        self._target = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self._target))
+            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, slow: bool) -> None:
+        try:
+            while data := src.recv(4096 if slow else 65536):
+                dst.sendall(data)
+                if slow:
+                    self._closed.wait(0.05)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+
+
+def test_a_body_that_arrives_too_slowly_gives_its_receive_slot_back(
+    bundled_registry: Any,
+) -> None:
+    with serving(bundled_registry, poll_interval=0) as (server, channel):
+        gate = server.guard.receive_gate
+        assert gate is not None
+        gate.receive_timeout = 0.5  # (before the first call starts its watchdog)
+        proxy = SlowProxy(server.port)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{proxy.port}") as slow:
+                body = b"\x0a\x80\x80\x80\x01" + b"a" * (2 << 20)  # a 2 MiB policy name
+                with pytest.raises(grpc.RpcError) as err:
+                    slow.unary_unary("/metarl.v1.PolicyService/CreateSession")(body, timeout=60)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "took more than 0.5 s to arrive" in err.value.details()
+            assert gate.timed_out == 1
+        finally:
+            proxy.close()
+        # its slot is free again: both slots serve other calls
+        for _ in range(gate.slots + 1):
+            create(stub(channel), CARTPOLE)

@@ -538,10 +538,6 @@ class ReceiveGate:
             f"the server is receiving its maximum of {budget_mb} MiB of request bodies "
             "(--max-receiving-mb): retry shortly (with backoff)"
         )
-        self._slow = (
-            f"the request body took more than {receive_timeout:g} s to arrive: send it faster, "
-            "or send less (the server's receive slots are few, --max-receiving-mb)"
-        )
 
     def wrap(self, handler: Handler) -> Handler:
         if handler.unary_unary is None:
@@ -594,9 +590,14 @@ class ReceiveGate:
             now = time.monotonic()
             with self._lock:
                 slow = [c for c, t in self._receiving.values() if now - t > self.receive_timeout]
+            message = (
+                f"the request body took more than {self.receive_timeout:g} s to arrive: send "
+                "it faster, or send less (the server's receive slots are few, "
+                "--max-receiving-mb)"
+            )
             for context in slow:
                 self.timed_out += 1
-                _end_call(context, grpc.StatusCode.RESOURCE_EXHAUSTED, self._slow)
+                _end_call(context, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
     def close(self) -> None:
         self._closed.set()
