@@ -241,6 +241,7 @@ def recording_bytes(transitions: int = 10_000) -> float:
             rng.standard_normal(2).astype(np.float32), rng.standard_normal(2).astype(np.float32)
         )
         rec.feedback(float(rng.standard_normal()), False, False)
+        rec.journal.clear()  # (as every store does once it has saved the step)
     held = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
     assert rec.transitions == transitions
