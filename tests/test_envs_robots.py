@@ -288,6 +288,10 @@ def test_ml1_train_and_test_goals_are_ml1s_and_kept_apart() -> None:
     train_goals = {tuple(pickle.loads(t.data)["rand_vec"]) for t in ml1.train_tasks}
     test_goals = {tuple(pickle.loads(t.data)["rand_vec"]) for t in ml1.test_tasks}
     assert len(train_goals) == len(test_goals) == 50 and not train_goals & test_goals
+    env.max_episode_steps = 501  # type: ignore[misc]
+    with pytest.raises(ValueError, match="at most 500 steps"):
+        env.reset(np.random.default_rng(0))
+    env.max_episode_steps = 500  # type: ignore[misc]
     for bad in (
         {"split": 2.0, "index": 0.0},
         {"split": 0.0, "index": 50.0},

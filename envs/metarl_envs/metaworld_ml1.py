@@ -127,6 +127,11 @@ class BatchedML1(BatchedTaskEnv):
     def _reset_indices(self, indices: NDArray[np.intp]) -> NDArray[np.float32]:
         if not self.tasks:
             raise RuntimeError("set_tasks() before reset()")
+        if self.max_episode_steps > MAX_PATH_LENGTH:  # Meta-World refuses to step past it
+            raise ValueError(
+                f"ML1 episodes last at most {MAX_PATH_LENGTH} steps (max_path_length), not "
+                f"{self.max_episode_steps}"
+            )
         for i in indices:
             obs, _ = self._envs[i].reset()
             self._obs_buf[i] = obs
