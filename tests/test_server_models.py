@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -14,6 +13,7 @@ import pytest
 
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_server.app import ServeConfig, build_registry
+from tests.client_support import wait_until
 from tests.server_support import (
     act,
     create,
@@ -67,19 +67,15 @@ def test_hot_reload_under_traffic_with_zero_failed_calls(tmp_path: Path) -> None
         for t in threads:
             t.start()
         try:
-            deadline = time.monotonic() + 30
-            while calls[0] < 24 and not failures and time.monotonic() < deadline:
-                time.sleep(0.05)
+            # each wait is for a condition (up to 60 s), not for a time: a loaded machine is slow
+            assert wait_until(lambda: calls[0] >= 24 or bool(failures), timeout=60)
             make_checkpoint(models / "nav" / "2", version="2", seed=2)  # the trainer's new version
-            deadline = time.monotonic() + 15
-            while versions(s)[1] != "2" and time.monotonic() < deadline:
-                time.sleep(0.1)
+            assert wait_until(lambda: versions(s)[1] == "2", timeout=60)
             assert versions(s) == (["1", "2"], "2")  # 1 stays: a session still uses it
             new = s.CreateSession(pb.CreateSessionRequest(policy="nav")).session
             assert new.version == "2"
-            before = calls[0]
-            while calls[0] < before + 24 and not failures and time.monotonic() < deadline:
-                time.sleep(0.05)  # more traffic, now on version 2
+            before = calls[0]  # more traffic, now on version 2
+            assert wait_until(lambda: calls[0] >= before + 24 or bool(failures), timeout=60)
         finally:
             stop.set()
             for t in threads:
