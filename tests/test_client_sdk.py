@@ -632,8 +632,8 @@ def test_tls_with_a_root_certificate_path_or_bytes(tmp_path) -> None:  # type: i
                 assert [p.name for p in client.list_policies()] == ["fake"]
         with (
             PolicyClient(f"localhost:{port}", timeout=2) as plaintext,
-            pytest.raises(Unavailable),  # not retried: fails at once
-        ):
+            pytest.raises(Unavailable, match=r"speaks TLS and this client plaintext: .*tls=True"),
+        ):  # (Act is not retried: fails at once, and says why)
             Session(plaintext, _fake_session(), None).act(np.zeros(4, np.float32))
     finally:
         server.stop(None)

@@ -94,16 +94,14 @@ def _host_port(target: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def tls_refusal(target: str, timeout: float = 2.0) -> str | None:
-    """Why a TLS connection to ``target`` fails, if the cause is that the server does not
-    speak TLS: a handshake probe (no certificate check) whose answer is not TLS. None when the
-    server completes the handshake, nothing answers, or the target is not ``host:port``.
-
-    The client runs it only after a TLS call failed with UNAVAILABLE or DEADLINE_EXCEEDED, to
-    say that instead of gRPC's "failed to connect" or a bare deadline."""
+def speaks_tls(target: str, timeout: float = 1.0) -> tuple[bool | None, str]:
+    """Whether the server at ``target`` speaks TLS: a handshake probe (no certificate check).
+    ``(True, "")`` when it completes the handshake, ``(False, reason)`` when it answers with
+    something else (a plaintext server), ``(None, "")`` when nothing answers there or the
+    target is not ``host:port``."""
     address = _host_port(target)
     if address is None:
-        return None
+        return None, ""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -113,30 +111,43 @@ def tls_refusal(target: str, timeout: float = 2.0) -> str | None:
             socket.create_connection(address, timeout=timeout) as sock,
             context.wrap_socket(sock, server_hostname=address[0]),
         ):
-            return None  # it speaks TLS: the failure was something else
+            return True, ""
     except ssl.SSLError as exc:
-        reason = exc.reason or str(exc)
-    except OSError:
-        return None  # nothing listening (or unreachable): gRPC's own error says so
-    return (
-        f"TLS was refused by {target}: the server does not speak TLS ({reason} in answer to "
-        "a TLS handshake; it serves plaintext). Connect without tls (tls=None), or serve "
-        "with TLS (metarl serve --tls-cert FILE --tls-key FILE)"
-    )
+        return False, str(exc.reason or exc)
+    except OSError:  # nothing listening, unreachable, or a server that hung up on the hello
+        return None, ""
 
 
 def uses_tls(tls: TLS) -> bool:
     return tls is not None and tls is not False
 
 
-def explain_tls_failure(error: errors.MetarlError, target: str) -> errors.MetarlError:
-    """``error`` of a call on a TLS channel, or, if it is UNAVAILABLE or DEADLINE_EXCEEDED
-    because the server does not speak TLS, an :class:`~metarl_client.errors.Unavailable`
-    that says so (:func:`tls_refusal`)."""
+def explain_transport_failure(
+    error: errors.MetarlError, target: str, tls: bool
+) -> tuple[errors.MetarlError, bool]:
+    """``error`` of a call, or, when it is UNAVAILABLE or DEADLINE_EXCEEDED because the client
+    and the server disagree on TLS, an :class:`~metarl_client.errors.Unavailable` that says so
+    (instead of gRPC's "failed to connect" or a bare deadline; :func:`speaks_tls` on the
+    failure path only). Also whether the probe was conclusive: the server answered it, so the
+    client need not probe ``target`` again."""
     if not isinstance(error, (errors.Unavailable, errors.DeadlineExceeded)):
-        return error
-    refusal = tls_refusal(target)
-    return error if refusal is None else errors.Unavailable(refusal)
+        return error, False
+    answer, reason = speaks_tls(target)
+    if answer is None:
+        return error, False
+    if tls and not answer:
+        return errors.Unavailable(
+            f"TLS was refused by {target}: the server does not speak TLS ({reason} in answer "
+            "to a TLS handshake; it serves plaintext). Connect without tls (tls=None), or "
+            "serve with TLS (metarl serve --tls-cert FILE --tls-key FILE)"
+        ), True
+    if not tls and answer:
+        return errors.Unavailable(
+            f"{target} speaks TLS and this client plaintext: connect with tls=True (the "
+            "system's root certificates), or tls=the path or PEM bytes of the root certificate "
+            "that signed the server's"
+        ), True
+    return error, True
 
 
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:

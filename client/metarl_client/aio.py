@@ -24,7 +24,13 @@ import grpc.aio
 
 from metarl_client import _protocol as proto
 from metarl_client import errors
-from metarl_client._channel import TLS, aio_channel, auth_metadata, explain_tls_failure, uses_tls
+from metarl_client._channel import (
+    TLS,
+    aio_channel,
+    auth_metadata,
+    explain_transport_failure,
+    uses_tls,
+)
 from metarl_client.client import (
     DEFAULT_ADAPT_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -68,7 +74,8 @@ class AsyncPolicyClient:
         self.adapt_timeout = adapt_timeout
         self._metadata = auth_metadata(token)
         self._channel = channel or aio_channel(target, tls, options, interceptors)
-        self._tls = channel is None and uses_tls(tls)
+        self._tls = uses_tls(tls)
+        self._probe = channel is None  # on a failure, until a probe was conclusive
         self._stub = pb_grpc.PolicyServiceStub(self._channel)
         self._policies: dict[str, PolicyInfo] | None = None
         self._policies_lock = asyncio.Lock()
@@ -85,8 +92,11 @@ class AsyncPolicyClient:
             return await method(request, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             error = errors.from_rpc_error(exc, not_found)
-        if self._tls:  # (the probe blocks: off the event loop)
-            error = await asyncio.to_thread(explain_tls_failure, error, self.target)
+        if self._probe:  # TLS on one side only? (the probe blocks: off the event loop)
+            error, conclusive = await asyncio.to_thread(
+                explain_transport_failure, error, self.target, self._tls
+            )
+            self._probe = not conclusive
         raise error
 
     async def list_policies(self, *, timeout: float | None = None) -> list[PolicyInfo]:

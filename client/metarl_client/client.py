@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from metarl_client import _protocol as proto
 from metarl_client import errors
-from metarl_client._channel import TLS, explain_tls_failure, sync_channel, uses_tls
+from metarl_client._channel import TLS, explain_transport_failure, sync_channel, uses_tls
 from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.proto.metarl.v1 import policy_service_pb2_grpc as pb_grpc
 from metarl_client.tensors import from_tensor, to_tensor
@@ -111,7 +111,8 @@ class PolicyClient:
         self.timeout = timeout
         self.adapt_timeout = adapt_timeout
         self._channel = channel or sync_channel(target, tls, token, options, interceptors)
-        self._tls = channel is None and uses_tls(tls)
+        self._tls = uses_tls(tls)
+        self._probe = channel is None  # on a failure, until a probe was conclusive
         self._stub = pb_grpc.PolicyServiceStub(self._channel)
         self._policies: dict[str, PolicyInfo] | None = None
         self._policies_lock = threading.Lock()
@@ -128,7 +129,10 @@ class PolicyClient:
             return method(request, timeout=timeout or self.timeout)
         except grpc.RpcError as exc:
             error = errors.from_rpc_error(exc, not_found)
-        raise explain_tls_failure(error, self.target) if self._tls else error
+        if self._probe:  # does the server speak TLS where the client does not, or not?
+            error, conclusive = explain_transport_failure(error, self.target, self._tls)
+            self._probe = not conclusive
+        raise error
 
     def list_policies(self, *, timeout: float | None = None) -> list[PolicyInfo]:
         """The policies the server has loaded: versions, spaces, inner-loop settings, limits.
