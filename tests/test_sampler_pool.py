@@ -12,6 +12,7 @@ import torch
 
 from metarl import envs
 from metarl.core import policies
+from metarl.core.checkpoint import load_checkpoint
 from metarl.core.sampling import sample_episodes_and_successes
 from metarl.training import config
 from metarl.training.parallel_sampling import SamplerPool, _shares, training_pool
@@ -103,3 +104,28 @@ def test_a_training_run_is_the_same_with_one_or_two_sampler_workers(tmp_path: Pa
     assert params[0].keys() == params[1].keys()
     for name in params[0]:
         assert torch.equal(params[0][name], params[1][name]), name
+
+
+@pytest.mark.slow
+def test_torchrun_processes_with_their_own_sampler_workers(tmp_path: Path) -> None:
+    """torchrun's 2 processes, each with 2 sampler workers for its share of AntDir's tasks,
+    train bit-identically to the same 2 processes sampling in process, and sample the first
+    meta-batch's episodes exactly as one process does (later iterations follow a theta that
+    torchrun's all-reduce rounds differently, as tests/test_distributed.py allows)."""
+    from tests.test_distributed import _train
+
+    run = [
+        "--env", "metarl/AntDir-v0", "--iterations", "2", "--seed", "3",
+        "--meta-batch-size", "4", "--episodes-per-task", "2", "--max-episode-steps", "40",
+        "--hidden-sizes", "8", "--threads", "1",
+    ]  # fmt: skip
+    one = _train(tmp_path / "one", 0, *run, "--sampler-workers", "1")
+    two_in_process = _train(tmp_path / "two1", 2, *run, "--sampler-workers", "1")
+    two_with_workers = _train(tmp_path / "two2", 2, *run, "--sampler-workers", "2")
+    assert one[0]["pre_return"] == two_with_workers[0]["pre_return"]
+    for key in ("pre_return", "post_return", "outer_loss"):
+        assert [r[key] for r in two_in_process] == [r[key] for r in two_with_workers]
+    a, b = load_checkpoint(tmp_path / "two1"), load_checkpoint(tmp_path / "two2")
+    assert a.training["processes"] == b.training["processes"] == 2
+    for name in a.params:
+        assert torch.equal(a.params[name], b.params[name]), name
