@@ -152,14 +152,22 @@ def test_ant_terminates_when_the_torso_leaves_02_to_1() -> None:
         d.qvel[:] = 0.0
     _, _, term = env.step(np.zeros((3, 8)))
     assert term.tolist() == [False, False, True]  # thrown above 1.0: still above after 0.05 s
+    # The ended episode is not simulated again: same state, reward 0, still terminated.
+    frozen = env._data[2].qpos.copy()
+    obs, rewards, term = env.step(np.zeros((3, 8)))
+    assert term.tolist() == [False, False, True] and rewards[2] == 0.0 and rewards[0] != 0.0
+    np.testing.assert_array_equal(env._data[2].qpos, frozen)
+    np.testing.assert_allclose(obs[2, :15], frozen, rtol=1e-6)
     for d, z in zip(env._data, [0.19, 0.2, 1.0], strict=True):
         d.qpos[2] = z
     assert env._healthy().tolist() == [False, True, True]  # the bounds belong to [0.2, 1]
     env._data[1].qvel[3] = math.nan
     assert env._healthy().tolist() == [False, False, True]
-    obs = env.reset_envs(np.array([True, True, False]), np.random.default_rng(1))
-    assert 0.6 < obs[0, 2] < 0.9 and np.isfinite(obs[:2]).all()  # restarted at 0.75 +- 0.1
+    obs = env.reset_envs(np.array([True, True, True]), np.random.default_rng(1))
+    assert 0.6 < obs[0, 2] < 0.9 and np.isfinite(obs).all()  # restarted at 0.75 +- 0.1
     assert env._healthy().tolist() == [True, True, True]
+    _, _, term = env.step(np.zeros((3, 8)))  # a reset env runs again
+    assert term.tolist() == [False, False, False] and env._data[2].qpos[2] != frozen[2]
 
 
 def test_ant_dir_is_gymnasium_ant_v5_with_the_maml_weights() -> None:

@@ -20,7 +20,10 @@ pytorch-maml-rl read it):
 * AntVel: ``1 - |v - velocity|``, the target velocity uniform in [0, 3].
 
 An episode terminates when the state is not finite or the torso's height leaves [0.2, 1.0], and
-lasts at most 200 steps. The observation (107 numbers) is all joint positions (15, the torso's x
+lasts at most 200 steps. A terminated env is not simulated again until it is reset (its later
+steps, which samplers mask out, keep the last observation, reward 0 and ``terminated``).
+
+The observation (107 numbers) is all joint positions (15, the torso's x
 and y included, which AntGoal needs), all joint velocities (14) and the clipped external contact
 forces of the 13 bodies (78, the world body's always-zero row left out). pytorch-maml-rl's
 observation (125) adds the world row, the torso's rotation matrix and its position again, which
@@ -61,6 +64,7 @@ class BatchedAnt(BatchedMujocoEnv):
         self._torso = self._model.body("torso").id
         low, high = self._model.actuator_ctrlrange.T
         self._action_scale = 0.5 * (high - low)
+        self._ended = np.zeros(num_envs, dtype=bool)  # terminated since the env's last reset
 
     def task_reward(
         self, xy_before: NDArray[np.float64], xy_after: NDArray[np.float64]
@@ -83,13 +87,17 @@ class BatchedAnt(BatchedMujocoEnv):
         super()._reset_indices(indices, rng)
         for i in indices:  # the contact forces of the first observation
             mujoco.mj_rnePostConstraint(self._model, self._data[i])
+        self._ended[indices] = False
 
     def step(
         self, actions: NDArray[Any]
     ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]:
         a = self._clip_actions(actions)
+        ended = self._ended.copy()
         xy_before = self._torso_xy()
-        self._simulate(a, contact_forces=True)
+        # An episode that ended is not simulated until its env is reset: the caller masks its
+        # later steps out (BatchedTaskEnv), and a fallen Ant would cost as much as a live one.
+        self._simulate(a, contact_forces=True, skip=ended)
         xy_after = self._torso_xy()
         contact = np.array([(np.clip(d.cfrc_ext, -1.0, 1.0) ** 2).sum() for d in self._data])
         rewards = (
@@ -98,7 +106,9 @@ class BatchedAnt(BatchedMujocoEnv):
             - CTRL_COST * ((a / self._action_scale) ** 2).sum(axis=1)
             - CONTACT_COST * contact
         )
-        return self._obs(), rewards.astype(np.float32), ~self._healthy()
+        rewards[ended] = 0.0
+        self._ended = ended | ~self._healthy()
+        return self._obs(), rewards.astype(np.float32), self._ended.copy()
 
     def _healthy(self) -> NDArray[np.bool_]:
         """Per env: the state is finite and the torso's height within ``HEALTHY_Z``."""

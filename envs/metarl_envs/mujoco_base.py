@@ -92,10 +92,19 @@ class BatchedMujocoEnv(BatchedTaskEnv):
         a = np.asarray(actions, dtype=np.float64).reshape(self.num_envs, *shape)
         return np.clip(a, self.action_space.low, self.action_space.high)  # type: ignore[attr-defined]
 
-    def _simulate(self, actions: NDArray[np.float64], *, contact_forces: bool = False) -> None:
-        """``frame_skip`` physics steps of every env under ``actions``; with ``contact_forces``,
-        also ``cfrc_ext`` (MuJoCo computes it only on request, as gymnasium's v5 envs do)."""
-        for d, ctrl in zip(self._data, actions, strict=True):
+    def _simulate(
+        self,
+        actions: NDArray[np.float64],
+        *,
+        contact_forces: bool = False,
+        skip: NDArray[np.bool_] | None = None,
+    ) -> None:
+        """``frame_skip`` physics steps of every env under ``actions`` (but the envs where
+        ``skip`` is true); with ``contact_forces``, also ``cfrc_ext`` (MuJoCo computes it only on
+        request, as gymnasium's v5 envs do)."""
+        for i, (d, ctrl) in enumerate(zip(self._data, actions, strict=True)):
+            if skip is not None and skip[i]:
+                continue
             d.ctrl[:] = ctrl
             mujoco.mj_step(self._model, d, nstep=self.frame_skip)
             if contact_forces:
