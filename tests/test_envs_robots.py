@@ -7,6 +7,9 @@ means the package could not be installed on this machine, and pytest prints whic
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import textwrap
 from typing import Any
 
 import gymnasium as gym
@@ -340,3 +343,37 @@ def test_families_without_a_test_split_hold_out_fresh_draws() -> None:
     env = gym.make("metarl/AntGoal-v0")
     env.reset(seed=0)
     assert "success" not in env.step(env.action_space.sample())[4]
+
+
+def test_robot_families_run_without_torch() -> None:
+    """A client machine (metarl-envs[mujoco,metaworld], no torch) runs every robot family."""
+    script = textwrap.dedent(
+        """
+        import importlib.abc, sys, warnings
+
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "metarl", "metarl_server", "metarl_client"):
+                    raise ImportError(f"{name} is blocked in this test")
+                return None
+
+        sys.meta_path.insert(0, Block())
+        warnings.filterwarnings("ignore")
+        import gymnasium as gym
+        import metarl_envs
+
+        for env_id in sys.argv[1:]:
+            env = gym.make(env_id)
+            task = env.unwrapped.sample_tasks(1, seed=0, split="test")[0]
+            env.reset(seed=0, options={"task": task})
+            env.step(env.action_space.sample())
+        assert "torch" not in sys.modules
+        print("ok")
+        """
+    )
+    ids = [i for i in [*ROBOT_FAMILIES, *ML1_FAMILIES] if i in envs.registered_families()]
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *ids], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "ok\n"
