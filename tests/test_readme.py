@@ -311,7 +311,7 @@ def port_free(port: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(3600)
 def test_train_serve_demo_verbatim(tmp_path: Path) -> None:
     if not port_free(README_PORT):
         pytest.skip(f"port {README_PORT} is in use on this machine")
