@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import torch
@@ -26,6 +27,7 @@ from metarl.training.publish import GateRefused, PublishConfig, PublishError, ma
 from metarl.training.train import TrainConfig, train
 from metarl_client import PolicyClient
 from tests.process_support import spawn_server
+from tests.server_support import reload
 
 POLICY = "cartpole-family"
 BUNDLED = bundled_checkpoints_dir() / POLICY / "1"
@@ -403,7 +405,8 @@ def test_refresh_loop_against_a_live_server(
             assert f"served {POLICY}@2" in captured.out and "REFUSED" in captured.out
             assert captured.err.startswith(f"metarl publish: refused: {tmp_path / 'garbled'} not")
             assert sorted(p.name for p in (models / POLICY).iterdir()) == ["1", "2"]
-            time.sleep(0.5)  # two polls
+            with grpc.insecure_channel(target) as channel:  # a scan now, not a wait for polls
+                assert reload(channel) is not None
             (info,) = [p for p in client.list_policies() if p.name == POLICY]
             assert info.latest_version == "2"
             assert client.create_session(POLICY).version == "2"
