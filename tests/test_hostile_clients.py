@@ -74,14 +74,6 @@ def _wait_done(calls: list[Any], n: int, timeout: float = 10.0) -> list[Any]:
     return [c for c in calls if c.done()]
 
 
-def _wait_until(condition: Any, what: str, timeout: float = 60.0) -> None:
-    """Waits for ``condition()``; the deadline only bounds a hang (a loaded machine is slow)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 # A starved server answers nothing at all, so a deadline this long tells it from a slow machine.
 ANSWERS_DEADLINE = 30.0
 
@@ -113,7 +105,7 @@ def test_idle_streams_past_the_limit_are_refused_and_the_rest_still_answers(
             for call in refused:
                 assert call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert "--max-streams" in call.details()
-            _wait_until(lambda: server.guard.active_streams == 8, "8 streams held")
+            _until(lambda: server.guard.active_streams == 8, "never 8 streams held", timeout=60)
             assert len([st for st in streams if st.call.done()]) == 4
             # everything else still answers (a starved server would answer nothing)
             for _ in range(3):
@@ -125,7 +117,9 @@ def test_idle_streams_past_the_limit_are_refused_and_the_rest_still_answers(
                 )
             # a slot freed is a slot usable again
             streams[0].close()
-            _wait_until(lambda: server.guard.active_streams <= 7, "a freed stream slot")
+            _until(
+                lambda: server.guard.active_streams <= 7, "never a freed stream slot", timeout=60
+            )
             req = pb.StreamActRequest(session_id=sid, observation=to_tensor(OBS))
             out = list(s.StreamAct(iter([req]), timeout=5))
             assert len(out) == 1
@@ -148,7 +142,7 @@ def test_one_client_cannot_take_every_stream(bundled_registry: Any) -> None:
         theirs = [IdleStream(other_channel) for _ in range(3)]
         try:
             _wait_done([st.call for st in mine + theirs], 1, timeout=60)
-            _wait_until(lambda: server.guard.active_streams == 6, "6 streams held")
+            _until(lambda: server.guard.active_streams == 6, "never 6 streams held", timeout=60)
             refused = [c for c in (st.call for st in mine + theirs) if c.done()]
             assert len(refused) == 1 and refused[0] in [st.call for st in mine]
             assert refused[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -175,7 +169,7 @@ def test_a_named_client_has_one_stream_quota_over_all_its_connections(
         bob = IdleStream(channel, metadata=_md("tok-bob"), timeout=30)
         try:
             _wait_done([st.call for st in alice], 1, timeout=60)
-            _wait_until(lambda: server.guard.active_streams == 3, "3 streams held")
+            _until(lambda: server.guard.active_streams == 3, "never 3 streams held", timeout=60)
             refused = [st.call for st in [*alice, bob] if st.call.done()]
             assert len(refused) == 1 and refused[0] is not bob.call
             assert refused[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -411,12 +405,21 @@ def test_cancelled_adapts_are_not_computed_and_sessions_do_not_expire_while_adap
         s.Adapt(pb.AdaptRequest(session_id=first, episodes=short), timeout=60)  # warm
         adaptations = server.metrics.adaptations
         before = {k: adaptations.labels(k)._value.get() for k in ("ok", "skipped", "cancelled")}
+        callers_there: list[Any] = []  # each queued Adapt's is_active, in order
+        queue_adaptation = server.adapter.adapt
+
+        def spied_adapt(job: Any, timeout: float | None, is_active: Any = None) -> Any:
+            callers_there.append(is_active)
+            return queue_adaptation(job, timeout, is_active)
+
+        server.adapter.adapt = spied_adapt  # type: ignore[method-assign]
         gate = tmp_path / "gate"
         os.mkfifo(gate)
         held = threading.Thread(  # (the worker blocks opening the FIFO for reading)
             target=lambda: server.adapter._run(Path.read_bytes, gate, timeout=None, bounded=False)
         )
         held.start()
+        _until(lambda: server.adapter._idle.qsize() == 0, "the worker was never held")
         try:
             session = server.sessions.get(first)
             idle = create(s, "nav")  # the control: idle as long, not adapting
@@ -445,7 +448,10 @@ def test_cancelled_adapts_are_not_computed_and_sessions_do_not_expire_while_adap
             second_session = server.sessions.get(second)
             waiting = s.Adapt.future(pb.AdaptRequest(session_id=second, episodes=short), timeout=60)
             _until(lambda: second_session.adapting, "the second Adapt never started")
+            _until(lambda: len(callers_there) == 2, "the second Adapt never queued")
             waiting.cancel()
+            # the server must see the cancellation before the worker is let go
+            _until(lambda: not callers_there[1](), "the server never saw the cancellation")
         finally:
             with gate.open("wb") as f:  # lets the worker go
                 f.write(b"go")
@@ -530,7 +536,7 @@ def test_the_issue_case_80_idle_streams_with_the_default_limits(bundled_registry
         channels = [_separate_channel(server.port) for _ in range(2)]
         streams = [IdleStream(channels[i % 2]) for i in range(80)]
         try:
-            _wait_until(lambda: server.guard.active_streams == 80, "80 streams held")
+            _until(lambda: server.guard.active_streams == 80, "never 80 streams held", timeout=60)
             # still answering with every default stream slot held (it answered nothing before)
             assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
             create(s, CARTPOLE)
