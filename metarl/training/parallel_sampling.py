@@ -6,11 +6,12 @@ contiguous shares, one per worker process; each worker steps its share's envs (e
 each of its tasks, batched as :func:`metarl.core.sampling.sample_episodes` does) from start to end
 with the policy parameters it was sent once per call, and sends back the episodes. Per-step
 messages (gymnasium's ``AsyncVectorEnv``) cost more than a step's physics; one message per share
-and call does not (``benchmarks/sampler_speed.py`` measures both).
+and call does not (``benchmarks/sampler_speed.py`` measures both, in CPU time too).
 
 The same per-task random streams (``task_rngs``) give the same episodes whatever the number of
 workers: a task's resets and action noise come from its own stream, and each task's policy
-forward pass is its own batched product. Episodes are returned in one canonical form: padded to
+forward pass is its own product on fresh tensors (a row's float result can depend on the batch's
+shape and on where its operands sit in memory). Episodes are returned in one canonical form: padded to
 the longest episode of the whole call and zero wherever the mask is zero (the in-process sampler
 keeps stepping finished episodes and records what they do; nothing reads it, but a share that
 ended early would not have it). So a run with ``--sampler-workers 1`` (which samples in the
@@ -24,6 +25,7 @@ meta-batch's tasks.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import multiprocessing
 import os
@@ -116,27 +118,115 @@ def _env(batched_cls: type[BatchedTaskEnv], num_envs: int, horizon: int) -> Batc
 
 
 def _sample_share(share: _Share) -> list[_Result]:
-    """The share's tasks one at a time: a task's policy forward passes are then the same
-    products whichever tasks share its worker (a row's float result in a batched product can
-    depend on its position in the batch)."""
-    env = _env(share.batched_cls, share.episodes_per_task, share.horizon)
-    results = []
-    for i, (task, rng) in enumerate(zip(share.tasks, share.task_rngs, strict=True)):
-        arrays = (
-            {n: p[i : i + 1] for n, p in share.params.items()} if share.stacked else share.params
+    """The share's episodes, all its tasks' envs stepped together, each task's policy forward
+    pass computed for that task alone: a row's float result in a batched product can depend on
+    the batch's shape and on its operands' place in memory, so this keeps a task's actions the
+    same whichever tasks share its worker (every expensive family restarts single envs; any
+    other is sampled one task at a time)."""
+    k, e = len(share.tasks), share.episodes_per_task
+    if not share.batched_cls.supports_partial_reset():
+        return [_sample_alone(_one_task(share, i)) for i in range(k)]
+    env = _env(share.batched_cls, k * e, share.horizon)
+    horizon = env.max_episode_steps
+    env.set_tasks([task for task in share.tasks for _ in range(e)])
+    obs = env.reset(np.random.default_rng(0))  # every env restarted below from its own stream
+    restart = np.zeros(k * e, dtype=bool)
+    for i, rng in enumerate(share.task_rngs):  # as sample_episodes draws: resets, then noise
+        restart[:] = False
+        restart[i * e : (i + 1) * e] = True
+        obs = env.reset_envs(restart, rng)
+    noise = [
+        None
+        if share.deterministic
+        else policies.action_noise(
+            share.spec, (horizon, e), torch.Generator().manual_seed(int(r.integers(2**63)))
         )
-        batch, successes = sample_episodes_and_successes(
-            env, share.spec, {n: torch.from_numpy(p) for n, p in arrays.items()}, [task],
-            share.episodes_per_task, task_rngs=[rng], deterministic=share.deterministic,
-        )  # fmt: skip
+        for r in share.task_rngs
+    ]
+    # Each task's operands are fresh torch allocations (obs cloned below): a product's float
+    # result can also depend on where its operands start in memory.
+    params = [
+        {n: torch.tensor(p[i : i + 1]) for n, p in share.params.items()}
+        if share.stacked
+        else policies.stack(
+            share.spec, {n: torch.from_numpy(p) for n, p in share.params.items()}, 1
+        )
+        for i in range(k)
+    ]
+    obs_buf = np.zeros((horizon, k * e, *obs.shape[1:]), dtype=np.float32)
+    rew_buf = np.zeros((horizon, k * e), dtype=np.float32)
+    mask_buf = np.zeros((horizon, k * e), dtype=np.float32)
+    act_list: list[torch.Tensor] = []
+    alive = np.ones(k * e, dtype=bool)
+    succeeded = np.zeros(k * e, dtype=bool) if env.reports_success else None
+    steps = horizon
+    with torch.no_grad():
+        for t in range(horizon):
+            obs_buf[t] = obs
+            mask_buf[t] = alive
+            obs_t = torch.from_numpy(obs).view(k, e, -1)
+            actions = torch.cat(
+                [
+                    policies.act(
+                        share.spec, params[i], obs_t[i : i + 1].clone(),
+                        deterministic=share.deterministic,
+                        noise=None if noise[i] is None else noise[i][t].unsqueeze(0),  # type: ignore[index]
+                    )[0]
+                    for i in range(k)
+                ]
+            )  # fmt: skip
+            act_list.append(actions.reshape(k * e, *actions.shape[2:]))
+            env_actions = actions.reshape(k * e, *actions.shape[2:]).numpy()
+            if share.spec.distribution == "gaussian":
+                space = env.action_space
+                env_actions = np.clip(env_actions, space.low, space.high)  # type: ignore[attr-defined]
+            obs, rewards, terminated = env.step(env_actions)
+            rew_buf[t] = rewards * alive
+            if succeeded is not None:
+                succeeded |= env.success & alive
+            alive = alive & ~terminated
+            if not alive.any():
+                steps = t + 1
+                break
+    acts = torch.stack(act_list).numpy()
+    bufs = {"observations": obs_buf, "actions": acts, "rewards": rew_buf, "mask": mask_buf}
+    results = []
+    for i, rng in enumerate(share.task_rngs):
+        rows = slice(i * e, (i + 1) * e)
         results.append(
-            _Result(
-                arrays={name: getattr(batch, name).numpy() for name in EpisodeBatch._fields},
-                successes=successes,
+            _Result(  # [H, E, ...] -> [1, E, H, ...]
+                arrays={
+                    name: np.moveaxis(buf[:steps, rows], 0, 1)[None].copy()
+                    for name, buf in bufs.items()
+                },
+                successes=None if succeeded is None else succeeded[rows][None].copy(),
                 rng_states=[dict(rng.bit_generator.state)],
             )
         )
     return results
+
+
+def _one_task(share: _Share, i: int) -> _Share:
+    params = {n: p[i : i + 1] for n, p in share.params.items()} if share.stacked else share.params
+    return dataclasses.replace(
+        share, params=params, tasks=share.tasks[i : i + 1], task_rngs=share.task_rngs[i : i + 1]
+    )
+
+
+def _sample_alone(share: _Share) -> _Result:
+    """One task's episodes by ``sample_episodes_and_successes`` (families that cannot restart
+    single envs, whose resets then come from the task's stream alone)."""
+    env = _env(share.batched_cls, share.episodes_per_task, share.horizon)
+    params = {n: torch.from_numpy(p) for n, p in share.params.items()}
+    batch, successes = sample_episodes_and_successes(
+        env, share.spec, params, share.tasks, share.episodes_per_task,
+        task_rngs=share.task_rngs, deterministic=share.deterministic,
+    )  # fmt: skip
+    return _Result(
+        arrays={name: getattr(batch, name).numpy() for name in EpisodeBatch._fields},
+        successes=successes,
+        rng_states=[dict(share.task_rngs[0].bit_generator.state)],
+    )
 
 
 def _shares(num_tasks: int, workers: int) -> list[slice]:
