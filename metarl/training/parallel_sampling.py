@@ -11,11 +11,12 @@ and call does not (``benchmarks/sampler_speed.py`` measures both, in CPU time to
 The same per-task random streams (``task_rngs``) give the same episodes whatever the number of
 workers: a task's resets and action noise come from its own stream, and each task's policy
 forward pass is its own product on fresh tensors (a row's float result can depend on the batch's
-shape and on where its operands sit in memory). Episodes are returned in one canonical form: padded to
-the longest episode of the whole call and zero wherever the mask is zero (the in-process sampler
-keeps stepping finished episodes and records what they do; nothing reads it, but a share that
-ended early would not have it). So a run with ``--sampler-workers 1`` (which samples in the
-calling process, no pool) and one with N workers are bit-identical (``tests/test_sampler_pool.py``).
+shape and on where its operands sit in memory). Episodes are returned in one canonical form:
+padded to the longest episode of the whole call and zero wherever the mask is zero (the
+in-process sampler keeps stepping finished episodes and records what they do; nothing reads it,
+but a share that ended early would not have it). So a run with ``--sampler-workers 1`` (which
+samples in the calling process, no pool) and one with N workers are bit-identical
+(``tests/test_sampler_pool.py``).
 
 Workers are spawned (not forked: the parent's torch threads do not survive a fork) and run torch
 with one thread each. Under ``torchrun`` each process has its own pool for its own share of the
