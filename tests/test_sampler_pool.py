@@ -4,6 +4,8 @@ per worker, success flags carried."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,10 @@ def test_one_and_two_workers_sample_the_same_episodes() -> None:
         with SamplerPool(cls, workers, max_episode_steps=60) as pool:
             if workers == 2:
                 assert pool.worker_torch_threads() == [1, 1]
+                # Ctrl-C reaches the whole process group: the workers leave it to the trainer.
+                for pid in pool._executor._processes:  # type: ignore[union-attr]
+                    os.kill(pid, signal.SIGINT)
+                    os.kill(pid, signal.SIGTERM)
             rngs = _rngs(k)
             outs[workers] = [pool.sample(spec, theta, tasks, e, rngs)]
             outs[workers].append(pool.sample(spec, stacked, tasks, e, rngs))  # advanced streams

@@ -87,6 +87,10 @@ _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 def _init_worker() -> None:
     torch.set_num_threads(1)
+    # Ctrl-C and a process group's SIGTERM are the trainer's to handle (it stops at its next
+    # safe point and then shuts the pool down); a worker that died of them would break the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Ctrl-C in a terminal (or a scheduler's SIGTERM to the job's process group) reaches the
     # workers too: the trainer alone decides when to stop (at its next safe point, saving), then
     # shuts the pool down; a worker that died of it would break the sampling the save waits for.
