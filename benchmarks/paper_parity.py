@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/paper_parity.py --seeds 1 2 3 --iterations 500
     .venv/bin/python benchmarks/paper_parity.py --reference-dir ~/src/pytorch-maml-rl \\
         --reference-python ~/src/venv/bin/python --reference-batches 20
+    .venv/bin/python benchmarks/paper_parity.py --reference-dir ~/src/pytorch-maml-rl \\
+        --reference-python ~/src/venv/bin/python --speed 25 5 --rounds 2   # timing only
 
 For each seed this runs ``metarl train --env metarl/Navigation2D-v0 --preset paper`` (the MAML
 paper's settings: 20 tasks x 20 episodes, 64-64 tanh, sigma0 1, alpha 0.1, gamma 0.99, lambda 1,
@@ -27,6 +29,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -72,6 +75,81 @@ def run_ours(seed: int, iterations: int, out: Path, extra: list[str]) -> dict[st
     }
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) of every finished child process so far, their children
+    included (the reference's sampler workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_ours(iterations: int, out: Path, extra: list[str]) -> float:
+    """Wall seconds of one whole ``metarl train --preset paper`` process of ``iterations``."""
+    cmd = [
+        str(METARL), "train", "--env", "metarl/Navigation2D-v0", "--preset", "paper",
+        "--iterations", str(iterations), "--seed", "1", "--out", str(out), "--overwrite",
+        "--no-progress", *extra,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def speed(scratch: Path, many: int, few: int, rounds: int) -> dict[str, object]:
+    """Seconds per meta-batch of both sides as whole processes, startup left out: the wall time
+    of ``many`` meta-batches minus that of ``few``, over ``many - few``. Each round runs the
+    four processes one after the other (reference few, metarl few, reference many, metarl
+    many), so load from other work falls on both sides alike; the ratio is taken per round."""
+    assert ARGS.reference_dir is not None
+    rows = []
+    for r in range(rounds):
+        wall: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        for side, n in (
+            ("ref_few", few),
+            ("ours_few", few),
+            ("ref_many", many),
+            ("ours_many", many),
+        ):
+            before = children_cpu()
+            if side.startswith("ref"):
+                wall[side] = time_reference_whole(
+                    ARGS.reference_dir, ARGS.reference_python, n, scratch
+                )
+            else:
+                wall[side] = time_ours(n, scratch / f"speed-{n}", ARGS.extra)
+            cpu[side] = children_cpu() - before
+        ref_s = (wall["ref_many"] - wall["ref_few"]) / (many - few)
+        ours_s = (wall["ours_many"] - wall["ours_few"]) / (many - few)
+        ref_cpu = (cpu["ref_many"] - cpu["ref_few"]) / (many - few)
+        ours_cpu = (cpu["ours_many"] - cpu["ours_few"]) / (many - few)
+        load = os.getloadavg()[0]
+        rows.append({
+            "reference_s": ref_s, "metarl_s": ours_s, "ratio": ours_s / ref_s,
+            "reference_cpu_s": ref_cpu, "metarl_cpu_s": ours_cpu, "cpu_ratio": ours_cpu / ref_cpu,
+            "load_average": load,
+        })  # fmt: skip
+        print(
+            f"round {r + 1}: seconds per meta-batch ({many} minus {few}, whole processes): "
+            f"reference {ref_s:.3f}, metarl {ours_s:.3f}, metarl / reference {ours_s / ref_s:.3f}"
+            f" ({ref_s / ours_s:.1f}x); CPU seconds per meta-batch (all their processes): "
+            f"reference {ref_cpu:.3f}, metarl {ours_cpu:.3f}, ratio {ours_cpu / ref_cpu:.3f}; "
+            f"load average {load:.1f}",
+            flush=True,
+        )
+    median = statistics.median(float(row["ratio"]) for row in rows)
+    cpu_median = statistics.median(float(row["cpu_ratio"]) for row in rows)
+    print(
+        f"median ratio metarl / reference over {rounds} round(s): wall {median:.3f}, "
+        f"CPU {cpu_median:.3f}"
+    )
+    return {"rounds": rows, "median_ratio": median, "many": many, "few": few}
+
+
+def time_reference_whole(directory: Path, python: str, batches: int, scratch: Path) -> float:
+    """Wall seconds of one whole process of the reference's 2D-navigation config."""
+    return time_reference(directory, python, batches, scratch) * batches
+
+
 def time_reference(directory: Path, python: str, batches: int, scratch: Path) -> float:
     """Seconds per meta-batch of the reference's 2D-navigation config over ``batches`` batches
     (the whole process, startup included, divided by the batches)."""
@@ -108,6 +186,12 @@ def main() -> None:
     parser.add_argument("--reference-batches", type=int, default=20)
     parser.add_argument("--reference-log", type=Path)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--speed", type=int, nargs=2, metavar=("MANY", "FEW"),
+        help="only time both sides (needs --reference-dir): whole processes of MANY and of FEW "
+        "meta-batches, seconds per meta-batch = difference / (MANY - FEW); e.g. --speed 25 5",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of --speed")
     parser.add_argument("extra", nargs="*", help="more `metarl train` flags, after --")
     global ARGS
     ARGS = parser.parse_args()
@@ -115,6 +199,13 @@ def main() -> None:
     results: dict[str, object] = {"ours": []}
     with tempfile.TemporaryDirectory(prefix="paper-parity-") as tmp:
         scratch = Path(tmp)
+        if ARGS.speed is not None:
+            if ARGS.reference_dir is None:
+                parser.error("--speed needs --reference-dir")
+            results["speed"] = speed(scratch, *ARGS.speed, ARGS.rounds)
+            if ARGS.json is not None:
+                ARGS.json.write_text(json.dumps(results, indent=2))
+            return
         if ARGS.reference_dir is not None:
             ref_s = time_reference(
                 ARGS.reference_dir, ARGS.reference_python, ARGS.reference_batches, scratch

@@ -3,6 +3,7 @@ the same run (the machines are shared and noisy: the ratio is the figure to trus
 
     .venv/bin/python benchmarks/train_speed.py              # ~5 minutes on 2 cores
     .venv/bin/python benchmarks/train_speed.py --rounds 1   # quicker
+    .venv/bin/python benchmarks/train_speed.py --products-only   # single products, ~1 minute
 
 Reference configuration (the MAML paper's, as run by the public reference implementation):
 ``metarl/Navigation2D-v0``, meta-batch of 20 tasks, 20 episodes per task before and after
@@ -338,6 +339,58 @@ def kl_hvp_ms() -> tuple[float, float]:
     return 1000 * min(a), 1000 * min(b)
 
 
+def shortcut_ms() -> tuple[float, float, float]:
+    """One curvature product (as in :func:`kl_hvp_ms`, on sampled-like random data of the same
+    shapes) by the closed form without and with its first-layer shortcuts
+    (``derivatives.FIRST_LAYER_MAX_INPUTS`` / ``OUTPUT_JACOBIAN_MAX_OUTPUTS`` set to 0 turns
+    them off), interleaved, fastest of 8 calls each; and the conjugate-gradient directions' (10
+    iterations) relative difference between the two routes."""
+    from metarl.training import distributed
+    from metarl.training.algorithms import derivatives, maml, trpo
+
+    torch.set_num_threads(1)
+    spec = policies.PolicySpec(2, 2, "gaussian", HIDDEN)
+    theta = policies.init_params(spec, torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    n = EPISODES * 100
+
+    def batch() -> LossBatch:
+        return LossBatch(
+            torch.randn(TASKS, n, 2, generator=gen), torch.randn(TASKS, n, 2, generator=gen),
+            torch.randn(TASKS, n, generator=gen), torch.ones(TASKS, n),
+        )  # fmt: skip
+
+    pre, post = batch(), batch()
+    adapted = inner_loop.adapt(spec, theta, pre, lr=ALPHA, steps=1)
+    limits = (derivatives.FIRST_LAYER_MAX_INPUTS, derivatives.OUTPUT_JACOBIAN_MAX_OUTPUTS)
+
+    def objective(shortcuts: bool) -> maml.MetaObjective:
+        first, out = limits if shortcuts else (0, 0)
+        derivatives.FIRST_LAYER_MAX_INPUTS, derivatives.OUTPUT_JACOBIAN_MAX_OUTPUTS = first, out
+        try:
+            return maml.MetaObjective(
+                spec, theta, None, pre, adapted, post, InnerLoopConfig(lr=ALPHA),
+                num_tasks=TASKS, first_order=False, ctx=distributed.Context(),
+            )  # fmt: skip
+        finally:
+            derivatives.FIRST_LAYER_MAX_INPUTS, derivatives.OUTPUT_JACOBIAN_MAX_OUTPUTS = limits
+
+    plain, fast = objective(False), objective(True)
+    g = plain.grad()
+    directions = [
+        trpo.conjugate_gradient(lambda v, m=m: m.kl_hvp(v) + DAMPING * v, g, CG_ITERS).x
+        for m in (plain, fast)
+    ]
+    gap = ((directions[1] - directions[0]).norm() / directions[0].norm()).item()
+    a, b = [], []
+    for _ in range(8):  # interleaved, so both see the same load
+        for m, times in ((plain, a), (fast, b)):
+            start = time.perf_counter()
+            m.kl_hvp(g)
+            times.append(time.perf_counter() - start)
+    return 1000 * min(a), 1000 * min(b), gap
+
+
 def tanh_ms() -> tuple[float, float]:
     """torch.tanh against metarl's 2 sigmoid(2x) - 1, on a hidden activation of a meta-batch."""
     torch.set_num_threads(1)
@@ -368,8 +421,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every variant")
     parser.add_argument("--iterations", type=int, default=3, help="timed meta-batches per round")
     parser.add_argument("--no-torchrun", action="store_true", help="skip the 2-process runs")
+    parser.add_argument(
+        "--products-only", action="store_true", help="only the one-product measurements"
+    )
     args = parser.parse_args()
     n = args.iterations
+    if args.products_only:
+        products()
+        return
 
     variants: dict[str, Callable[[], list[float]]] = {
         "naive: per task, SyncVectorEnv, autograd double backward": lambda: naive.run(n),
@@ -404,12 +463,22 @@ def main() -> None:
         speedup = statistics.median(b / v for b, v in zip(base, values, strict=True))
         print(f"{name:<60} {statistics.median(values):>12.3f} {speedup:>8.1f}x")
     print("(*) not the reference configuration: KL curvature from 4 of the 20 episodes per task")
+    products()
 
+
+def products() -> None:
+    """The measurements of single products and kernels, each against its baseline."""
     autograd_ms, closed_ms = kl_hvp_ms()
     print(
         f"\none KL Hessian-vector product through the inner loop, 1 thread: autograd double "
         f"backward {autograd_ms:.0f} ms, closed form {closed_ms:.0f} ms "
         f"({autograd_ms / closed_ms:.1f}x)"
+    )
+    plain_ms, fast_ms, gap = shortcut_ms()
+    print(
+        f"the same product by the closed form without / with its first-layer shortcuts: "
+        f"{plain_ms:.0f} / {fast_ms:.0f} ms ({plain_ms / fast_ms:.2f}x); conjugate-gradient "
+        f"directions differ by {gap:.1e} (relative)"
     )
     torch_ms, ours_ms = tanh_ms()
     print(
