@@ -65,13 +65,22 @@ demo: $(STAMP)
 
 # Retrains the checkpoints shipped in metarl/data/checkpoints with each family's default preset
 # (metarl/presets/<family>.toml: the one place their settings live; the README records these).
-bundle-checkpoints: $(STAMP)
+# The robot checkpoints need the optional families (the dev install has them) and about an hour
+# of CPU; the shipped half-cheetah-dir/1 and ml1-reach/1 were made differently (shorter or in two
+# stages: docs/training-results.md, "Robot families").
+bundle-checkpoints: $(DEV_STAMP)
 	$(BIN)/metarl train --env metarl/CartPoleFamily-v0 --seed 1 \
 	  --out metarl/data/checkpoints/cartpole-family/1 --name cartpole-family --version 1 --overwrite \
 	  --metrics-csv runs/cartpole-family-1.metrics.csv
 	$(BIN)/metarl train --env metarl/Navigation2D-v0 --seed 1 \
 	  --out metarl/data/checkpoints/navigation-2d/1 --name navigation-2d --version 1 --overwrite \
 	  --metrics-csv runs/navigation-2d-1.metrics.csv
+	$(BIN)/metarl train --env metarl/HalfCheetahDir-v0 --seed 0 \
+	  --out metarl/data/checkpoints/half-cheetah-dir/1 --name half-cheetah-dir --version 1 \
+	  --overwrite --metrics-csv runs/half-cheetah-dir-1.metrics.csv
+	$(BIN)/metarl train --env metarl/ML1Reach-v3 --seed 0 \
+	  --out metarl/data/checkpoints/ml1-reach/1 --name ml1-reach --version 1 --overwrite \
+	  --metrics-csv runs/ml1-reach-1.metrics.csv
 	rm -rf metarl/data/checkpoints/*/1.trainer-state   # resumable state: not shipped
 
 clean:

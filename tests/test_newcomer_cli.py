@@ -81,6 +81,8 @@ def test_default_policy_names_are_the_bundled_ones() -> None:
     assert default_name("metarl/PendulumFamily-v0") == "pendulum-family"
     assert sorted(p.name for p in bundled_checkpoints_dir().iterdir()) == [
         "cartpole-family",
+        "half-cheetah-dir",
+        "ml1-reach",
         "navigation-2d",
     ]
     # a family of one's own without a declared name: the documented rule

@@ -22,6 +22,8 @@ from metarl_client.proto.metarl.v1 import policy_service_pb2 as pb
 from metarl_client.proto.metarl.v1 import policy_service_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
+# The bundled policies a server without --checkpoint or --model-dir loads.
+BUNDLED = ["cartpole-family", "half-cheetah-dir", "ml1-reach", "navigation-2d"]
 # `python -m metarl_server` whose policies, once loaded, are held back (the server still
 # refusing calls as loading) until the file $RELEASE exists; it touches $LOADED when loaded and
 # appends the user agent of every call it refuses to $REFUSED. So the test calls while the
@@ -138,7 +140,7 @@ def test_calls_from_the_instant_the_port_opens_are_unavailable_until_loaded(
             assert code == grpc.StatusCode.UNAVAILABLE, (what, code, details)
             assert details.startswith("loading policies"), details
         assert health_pb2.HealthCheckResponse.NOT_SERVING in health_while_refusing
-        assert sorted(p.name for p in policies) == ["cartpole-family", "navigation-2d"]
+        assert sorted(p.name for p in policies) == BUNDLED
         assert created.session.policy == "cartpole-family"
         status = health_pb2_grpc.HealthStub(grpc.insecure_channel(target)).Check(
             health_pb2.HealthCheckRequest(), timeout=5
@@ -147,7 +149,7 @@ def test_calls_from_the_instant_the_port_opens_are_unavailable_until_loaded(
         sdk.join(30)
         assert len(sdk_results) == 1 and not isinstance(sdk_results[0], Exception), sdk_results
         sid, listed = sdk_results[0]
-        assert sid and sorted(p.name for p in listed) == ["cartpole-family", "navigation-2d"]
+        assert sid and sorted(p.name for p in listed) == BUNDLED
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
