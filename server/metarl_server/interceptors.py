@@ -92,10 +92,8 @@ class MetricsInterceptor(_CachingInterceptor):
             observe(time.perf_counter() - start)
             (ok if code == "OK" else metrics.request_counter(method, code)).inc()
 
-        if not handler.request_streaming and not handler.response_streaming:
-            fn = handler.unary_unary
-
-            def unary_unary(request: Any, context: Any) -> Any:
+        def timed(fn: Any) -> Any:  # a handler that answers once (a request or a stream in)
+            def call(request: Any, context: Any) -> Any:
                 start = time.perf_counter()
                 try:
                     response = fn(request, context)
@@ -105,8 +103,11 @@ class MetricsInterceptor(_CachingInterceptor):
                 record(start, _code_name(context, "OK"))
                 return response
 
-            _same_pool(fn, unary_unary)
-            return handler._replace(unary_unary=unary_unary)
+            _same_pool(fn, call)
+            return call
+
+        if not handler.request_streaming and not handler.response_streaming:
+            return handler._replace(unary_unary=timed(handler.unary_unary))
 
         if handler.request_streaming and handler.response_streaming:
             sfn = handler.stream_stream
@@ -128,20 +129,8 @@ class MetricsInterceptor(_CachingInterceptor):
             _same_pool(sfn, stream_stream)
             return handler._replace(stream_stream=stream_stream)
         if handler.request_streaming and not handler.response_streaming:
-            sufn = handler.stream_unary  # (the unary methods, as ReceiveGate serves them)
-
-            def stream_unary(request_iterator: Any, context: Any) -> Any:
-                start = time.perf_counter()
-                try:
-                    response = sufn(request_iterator, context)
-                except BaseException:
-                    record(start, _code_name(context, "UNKNOWN"))
-                    raise
-                record(start, _code_name(context, "OK"))
-                return response
-
-            _same_pool(sufn, stream_unary)
-            return handler._replace(stream_unary=stream_unary)
+            # (the unary methods, as ReceiveGate serves them)
+            return handler._replace(stream_unary=timed(handler.stream_unary))
         return handler  # (no unary-stream methods here)
 
 
